@@ -1,0 +1,1 @@
+"""Pure PyTorch: no ComfyUI imports here."""

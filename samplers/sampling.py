@@ -1,0 +1,89 @@
+"""Any-step flow-map and consistency samplers in the k-diffusion convention.
+
+Each function takes (model, x, sigmas, extra_args, callback, disable) like k-diffusion's
+``sampling.py``, where ``model(x, sigma, **extra_args)`` returns the pseudo-x0 (denoised), so
+it drops into ComfyUI's ``comfy.samplers.KSAMPLER`` as it is. The target time of every jump
+travels to the model in ``extra_args["model_options"]["transformer_options"][TARGET_KEY]``:
+a flow-map model reads it there, a plain flow-matching model ignores it and takes an Euler
+step instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import trange
+
+from .flow_map import FAMILIES, add_source, jump, source_estimate
+
+TARGET_KEY = "onestep_sr_target"
+
+
+def with_target(extra_args: dict, sigma_to: float, family: str) -> dict:
+    """A copy of extra_args whose transformer_options ask the model for the jump to sigma_to."""
+    model_options = dict(extra_args.get("model_options", {}))
+    transformer_options = dict(model_options.get("transformer_options", {}))
+    transformer_options[TARGET_KEY] = {"sigma_to": float(sigma_to), "family": family}
+    model_options["transformer_options"] = transformer_options
+    return {**extra_args, "model_options": model_options}
+
+
+def target_of(transformer_options: dict) -> dict | None:
+    """What the sampler asked for ({"sigma_to", "family"}), or None outside our samplers."""
+    return transformer_options.get(TARGET_KEY)
+
+
+def _default_noise(x: torch.Tensor, seed) -> callable:
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(0 if seed is None else int(seed) + 1)
+    return lambda: torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
+
+
+@torch.no_grad()
+def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                    family: str = "plain", gamma: float = 0.0, parametrization: str = "flow",
+                    noise_sampler=None):
+    """Chain of flow-map jumps over `sigmas` (1..N steps, one network evaluation each).
+
+    gamma = 0: deterministic, x <- X(x, t -> s) with the model asked for the jump t -> s.
+    gamma > 0: stochastic; the model jumps to 0, then the sample is re-noised to s with a
+    source that keeps a fraction 1 - gamma of the variance of the source it came from and
+    takes gamma fresh: src = sqrt(1 - gamma) * src_hat + sqrt(gamma) * fresh. gamma = 1 is
+    consistency-model sampling.
+    `parametrization` says how data and source mix ("flow" for ComfyUI's CONST models, "ve"
+    for its eps / v models); `noise_sampler()` draws the fresh source.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    if len(sigmas) < 2:
+        raise ValueError("sigmas must hold at least two times (one step)")
+    extra_args = {} if extra_args is None else extra_args
+    if gamma > 0 and noise_sampler is None:
+        noise_sampler = _default_noise(x, extra_args.get("seed"))
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable):
+        t, s = sigmas[i], sigmas[i + 1]
+        target = s if gamma == 0 else 0.0
+        denoised = model(x, t * s_in, **with_target(extra_args, target, family))
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": t, "sigma_hat": t, "denoised": denoised})
+        if s == 0:
+            x = denoised
+        elif gamma == 0:
+            x = jump(x, denoised, t, s)
+        else:
+            src = source_estimate(x, denoised, t, parametrization)
+            src = math.sqrt(1 - gamma) * src + math.sqrt(gamma) * noise_sampler()
+            x = add_source(denoised, src, s, parametrization)
+    return x
+
+
+def sample_consistency(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                       parametrization: str = "flow", noise_sampler=None):
+    """Consistency sampling: one step jumps straight to 0; more steps re-noise with fresh
+    noise in between (the flow-map sampler with gamma = 1 on a model that ignores s)."""
+    return sample_flow_map(model, x, sigmas, extra_args, callback, disable, family="plain",
+                           gamma=1.0, parametrization=parametrization, noise_sampler=noise_sampler)
