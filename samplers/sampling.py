@@ -50,7 +50,8 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
     gamma > 0: stochastic; the model jumps to 0, then the sample is re-noised to s with a
     source that keeps a fraction 1 - gamma of the variance of the source it came from and
     takes gamma fresh: src = sqrt(1 - gamma) * src_hat + sqrt(gamma) * fresh. gamma = 1 is
-    consistency-model sampling.
+    consistency-model sampling and keeps the marginals exact for an exact map; in between it
+    is the usual any-step heuristic (src_hat is tied to the sample, not independent of it).
     `parametrization` says how data and source mix ("flow" for ComfyUI's CONST models, "ve"
     for its eps / v models); `noise_sampler()` draws the fresh source.
     """
