@@ -1,0 +1,281 @@
+"""A small, task-agnostic training loop for flow-map networks (accelerate: one process or DDP).
+
+    trainer = Trainer(net, "shortcut", batches, TrainConfig(output_dir="runs/x", steps=2000),
+                      metadata={"family": "shortcut", "start_mode": "lr"})
+    trainer.train()                        # resumes from runs/x/checkpoint.safetensors if present
+    trainer.export_weights("weights/x.safetensors")    # EMA weights + metadata, for inference
+
+`batches` is either a callable ``batches(generator) -> batch`` (synthetic data drawn from the
+trainer's per-step generator, so a resumed run is bit-identical) or an iterable of batch dicts
+(e.g. a torch DataLoader; it is sharded across processes by accelerate, cycled over epochs and
+fast-forwarded on resume). A batch is ``{"x0", "x1", "cond"?}`` (see objectives.py).
+
+Run it unchanged on several processes with ``accelerate launch --num_processes N script.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import (FORMAT, flatten_optimizer, load_tensors, prefixed, save_tensors,
+                         unflatten_optimizer, unprefixed)
+from .ema import make_ema, update_ema
+from .objectives import make_objective, objective_options
+from .plotting import loss_curve
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LOSS_CURVE_NAME = "loss_curve.png"
+# Metadata keys the trainer writes itself; the caller's metadata may not use them.
+RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that shapes a run. All of it is saved in the checkpoint metadata ("config")."""
+
+    output_dir: str
+    steps: int = 1000                 # optimizer steps in total (a resumed run continues to this)
+    seed: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_accumulation: int = 1        # micro-batches per optimizer step
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    ema_decay: float = 0.999
+    mixed_precision: str = "auto"     # "auto" (bf16 on a CUDA device that has it, else off), "no", "bf16", "fp16"
+    checkpoint_every: int = 500       # optimizer steps between checkpoints (0: only at the end)
+    resume: bool = True               # continue from output_dir's checkpoint when there is one
+    cpu: bool = False                 # train on the CPU even if a GPU is present
+    progress: bool = True             # tqdm bar (main process only)
+
+    def __post_init__(self):
+        checks = {"steps": self.steps >= 1, "grad_accumulation": self.grad_accumulation >= 1,
+                  "lr": self.lr > 0, "checkpoint_every": self.checkpoint_every >= 0,
+                  "ema_decay": 0.0 <= self.ema_decay <= 1.0,
+                  "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16")}
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid TrainConfig field(s) {bad}: steps, grad_accumulation >= 1; "
+                             "lr > 0; checkpoint_every >= 0; ema_decay in [0, 1]; "
+                             "mixed_precision in auto/no/bf16/fp16")
+
+
+def _step_seed(seed: int, rank: int, micro_step: int) -> int:
+    """A seed per (run, process, micro-batch): runs resume exactly, processes draw differently."""
+    return (seed * 1_000_003 + rank * 998_244_353 + micro_step * 6_700_417) % (2 ** 63 - 1)
+
+
+class Trainer:
+    """Trains `net` with `objective` on `batches`; see the module docstring for the contract.
+
+    net:       torch.nn.Module called as net(x, t, s, cond) -> u.
+    objective: an objective object, or a name of objectives.OBJECTIVES (default options).
+    batches:   callable(generator) -> batch, or an iterable of batches.
+    config:    TrainConfig.
+    metadata:  JSON-serialisable dict stored in every checkpoint and export (family, start_mode,
+               scales, data_manifest_hash, ...). `trainer.metadata` may be updated during the
+               run; the next checkpoint records the new values.
+    """
+
+    def __init__(self, net: torch.nn.Module, objective, batches, config: TrainConfig,
+                 metadata: dict | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration
+
+        self.config = config
+        self.objective = make_objective(objective) if isinstance(objective, str) else objective
+        self.metadata = dict(metadata or {})
+        clash = sorted(set(self.metadata) & set(RESERVED_METADATA))
+        if clash:
+            raise ValueError(f"metadata keys {clash} are written by the trainer; rename them")
+        self.output_dir = Path(config.output_dir)
+
+        precision = config.mixed_precision
+        if precision == "auto":
+            cuda = torch.cuda.is_available() and not config.cpu
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=config.cpu,
+                                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+        torch.manual_seed(config.seed)  # same initial state everywhere (DDP also broadcasts rank 0's)
+
+        self.ema_net = make_ema(net).to(self.accelerator.device)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=tuple(config.betas),
+                                      weight_decay=config.weight_decay)
+        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
+        self.batches = batches
+        if isinstance(batches, torch.utils.data.DataLoader):
+            self.batches = self.accelerator.prepare(batches)
+        self.generator = torch.Generator(device=self.accelerator.device)
+        self.step = 0
+        self.losses: list[float] = []
+
+        checkpoint = self.checkpoint_path
+        if checkpoint.exists():
+            if not config.resume:
+                raise FileExistsError(f"{checkpoint} exists and TrainConfig.resume is False: set resume=True "
+                                      "to continue that run or choose another output_dir")
+            self.load_checkpoint(checkpoint)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    @property
+    def unwrapped_net(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.net)
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _metadata(self) -> dict:
+        return {**self.metadata, "format": FORMAT, "step": self.step,
+                "objective": self.objective.name, "objective_options": objective_options(self.objective),
+                "config": dataclasses.asdict(self.config)}
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write net, EMA, optimizer state, loss history and metadata (main process; atomic)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if self.is_main_process:
+            opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
+            tensors = {**prefixed("net", self.unwrapped_net.state_dict()),
+                       **prefixed("ema", self.ema_net.state_dict()),
+                       **prefixed("optimizer", opt_tensors),
+                       "history.loss": torch.tensor(self.losses, dtype=torch.float32)}
+            save_tensors(path, tensors, {**self._metadata(), "optimizer": opt_rest})
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by `save_checkpoint` (same objective and network)."""
+        tensors, meta = load_tensors(path)
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a training checkpoint of this trainer (format "
+                             f"{meta.get('format')!r}, expected {FORMAT!r})")
+        if meta["objective"] != self.objective.name:
+            raise ValueError(f"{path} was trained with objective {meta['objective']!r}, this run uses "
+                             f"{self.objective.name!r}: use a new output_dir or the same objective")
+        for key, value in self.metadata.items():
+            if key in ("family", "start_mode") and key in meta and meta[key] != value:
+                raise ValueError(f"{path} has {key}={meta[key]!r}, this run asks for {value!r}: "
+                                 "use a new output_dir or the same setting")
+        self.unwrapped_net.load_state_dict(unprefixed("net", tensors))
+        self.ema_net.load_state_dict(unprefixed("ema", tensors))
+        self.optimizer.optimizer.load_state_dict(
+            unflatten_optimizer(unprefixed("optimizer", tensors), meta["optimizer"]))
+        self.losses = tensors["history.loss"].tolist()
+        self.step = int(meta["step"])
+        for key, value in meta.items():
+            if key not in RESERVED_METADATA:
+                self.metadata.setdefault(key, value)
+
+    def export_weights(self, path: str | Path, ema: bool = True, overwrite: bool = False) -> Path:
+        """Write the (EMA) network's weights alone, with the run's metadata, for inference."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+        if self.is_main_process:
+            weights = (self.ema_net if ema else self.unwrapped_net).state_dict()
+            save_tensors(path, weights, {**self._metadata(), "weights": "ema" if ema else "raw"})
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def write_loss_curve(self) -> Path:
+        path = self.output_dir / LOSS_CURVE_NAME
+        if self.is_main_process and self.losses:
+            loss_curve(self.losses, path, title=f"{self.objective.name} loss")
+        return path
+
+    # ---------------------------------------------------------------- data
+
+    def _batch_stream(self):
+        """Batches from where the run stands (fast-forwarded past those a resumed run consumed)."""
+        loader = self.batches
+        consumed = self.step * self.config.grad_accumulation
+        sized = hasattr(loader, "__len__") and len(loader) > 0
+        epoch, skip = divmod(consumed, len(loader)) if sized else (0, consumed)
+        while True:
+            source = loader
+            if skip and hasattr(loader, "skip_batches"):  # a loader prepared by accelerate
+                source, skip = self.accelerator.skip_first_batches(loader, skip), 0
+            if hasattr(source, "iteration"):  # accelerate seeds the epoch's shuffle with it
+                source.iteration = epoch
+            empty = True
+            for batch in source:
+                empty = False
+                if skip:
+                    skip -= 1
+                    continue
+                yield batch
+            if empty:
+                raise ValueError("the batch iterable is empty: give it at least one batch")
+            epoch += 1
+
+    # ---------------------------------------------------------------- training
+
+    def _micro_step(self, batch_or_none) -> tuple[torch.Tensor, dict, int]:
+        batch = self.batches(self.generator) if batch_or_none is None else batch_or_none
+        batch = {k: (v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v)
+                 for k, v in batch.items()}
+        with self.accelerator.autocast():
+            loss, logs = self.objective(self.net, batch, ema_net=self.ema_net, generator=self.generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the {self.objective.name} loss is {loss.item()} at step {self.step}: "
+                                     "lower the learning rate or check the data")
+        return loss, logs, batch["x0"].shape[0]
+
+    def train(self) -> dict:
+        """Train up to config.steps, checkpointing on the way; returns a summary."""
+        config, accelerator = self.config, self.accelerator
+        synthetic = callable(self.batches) and not hasattr(self.batches, "__iter__")
+        stream = None if synthetic else self._batch_stream()
+        rank = accelerator.process_index
+        bar = tqdm(total=config.steps, initial=self.step, desc=self.objective.name,
+                   disable=not (config.progress and self.is_main_process), dynamic_ncols=True)
+        samples, started, logs = 0, time.perf_counter(), {}
+        start_step = self.step
+        self.net.train()
+        while self.step < config.steps:
+            total = torch.zeros((), device=accelerator.device)
+            for micro in range(config.grad_accumulation):
+                seed = _step_seed(config.seed, rank, self.step * config.grad_accumulation + micro)
+                self.generator.manual_seed(seed)
+                torch.manual_seed(seed)  # dropout and other global draws resume exactly too
+                last = micro == config.grad_accumulation - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(self.net):
+                    loss, logs, batch_size = self._micro_step(None if synthetic else next(stream))
+                    accelerator.backward(loss / config.grad_accumulation)
+                total += loss.detach() / config.grad_accumulation
+                samples += batch_size * accelerator.num_processes
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(self.net.parameters(), config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            update_ema(self.ema_net, self.unwrapped_net, config.ema_decay)
+            self.step += 1
+            self.losses.append(accelerator.reduce(total, "mean").item())
+
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{self.losses[-1]:.4g}", samples_per_s=f"{samples / elapsed:.1f}",
+                            **{k: f"{v:.3g}" for k, v in logs.items()})
+            bar.update(1)
+            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if self.step > start_step or not self.checkpoint_path.exists():
+            self.save_checkpoint()
+        self.write_loss_curve()
+        elapsed = time.perf_counter() - started
+        return {"step": self.step, "loss": self.losses[-1] if self.losses else math.nan,
+                "samples_per_s": samples / elapsed if samples else 0.0, "logs": logs}
+
