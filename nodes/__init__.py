@@ -1,2 +1,28 @@
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
+"""ComfyUI node registry of OneStep SR: thin wrappers, the maths lives in samplers/ and models/."""
+
+from .image_nodes import OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
+from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
+                             OneStepSRSchedule)
+from .upscale_node import OneStepSRUpscale
+
+NODE_CLASS_MAPPINGS = {
+    "OneStepSR_Conditioning": OneStepSRConditioning,
+    "OneStepSR_Decode": OneStepSRDecode,
+    "OneStepSR_Prompts": OneStepSRPrompts,
+    "OneStepSR_Schedule": OneStepSRSchedule,
+    "OneStepSR_FlowMapSampler": OneStepSRFlowMapSampler,
+    "OneStepSR_ConsistencySampler": OneStepSRConsistencySampler,
+    "OneStepSR_Guider": OneStepSRGuider,
+    "OneStepSR_Upscale": OneStepSRUpscale,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "OneStepSR_Conditioning": "OneStep SR Conditioning",
+    "OneStepSR_Decode": "OneStep SR Decode",
+    "OneStepSR_Prompts": "OneStep SR Prompts",
+    "OneStepSR_Schedule": "OneStep SR Schedule",
+    "OneStepSR_FlowMapSampler": "OneStep SR Flow Map Sampler",
+    "OneStepSR_ConsistencySampler": "OneStep SR Consistency Sampler",
+    "OneStepSR_Guider": "OneStep SR Flow Map Guider",
+    "OneStepSR_Upscale": "OneStep SR Upscale",
+}

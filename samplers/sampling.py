@@ -83,8 +83,8 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 
 def sample_consistency(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                       parametrization: str = "flow", noise_sampler=None):
+                       family: str = "plain", parametrization: str = "flow", noise_sampler=None):
     """Consistency sampling: one step jumps straight to 0; more steps re-noise with fresh
-    noise in between (the flow-map sampler with gamma = 1 on a model that ignores s)."""
-    return sample_flow_map(model, x, sigmas, extra_args, callback, disable, family="plain",
+    noise in between (the flow-map sampler with gamma = 1: every jump targets 0)."""
+    return sample_flow_map(model, x, sigmas, extra_args, callback, disable, family=family,
                            gamma=1.0, parametrization=parametrization, noise_sampler=noise_sampler)

@@ -1,0 +1,74 @@
+"""The few places where ComfyUI types meet the pure samplers: time <-> sigma, the start point
+from the latent ComfyUI hands the sampler, and the family check. No maths of its own."""
+
+from __future__ import annotations
+
+import comfy.model_sampling
+import comfy.samplers
+import torch
+
+from ..samplers import FAMILIES, START_MODES, VE_START_MODES, start_point
+
+# Set on a ModelPatcher's model_options by loaders of models that take a target time.
+FAMILIES_KEY = "onestep_sr_families"
+
+
+def parametrization_of(model_sampling) -> str:
+    """'flow' for ComfyUI's rectified-flow (CONST) models, 've' for eps / v models."""
+    return "flow" if isinstance(model_sampling, comfy.model_sampling.CONST) else "ve"
+
+
+def sigma_of_time(model_sampling, t: float) -> float:
+    """The model's sigma at flow time t in [0, 1] (t = 1 source, t = 0 data)."""
+    if parametrization_of(model_sampling) == "flow" or t <= 0.0:
+        return float(t)
+    if t >= 1.0:
+        return float(model_sampling.sigma_max)
+    return float(model_sampling.percent_to_sigma(1.0 - t))
+
+
+def check_family(model_patcher, family: str) -> None:
+    """Raise a clear error when the MODEL cannot take the target time `family` needs."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    accepted = model_patcher.model_options.get(FAMILIES_KEY, ("plain",))
+    if family not in accepted:
+        raise ValueError(
+            f"OneStep SR: family '{family}' needs a MODEL that takes a target time, but this MODEL "
+            f"accepts {', '.join(accepted)}. Load a flow-map model (e.g. 'Load OneStep SR Model') or "
+            f"an SR adapter that adds a second time embedding, or set family to 'plain'.")
+
+
+def check_start_mode(start_mode: str, parametrization: str) -> None:
+    if start_mode not in START_MODES:
+        raise ValueError(f"start_mode must be one of {START_MODES}, got {start_mode!r}")
+    if parametrization == "ve" and start_mode not in VE_START_MODES:
+        raise ValueError(
+            f"OneStep SR: start mode '{start_mode}' needs a flow-matching MODEL (FLUX, SD3, ...), but "
+            f"this is an eps/v model. Use {' or '.join(VE_START_MODES)}, or patch the model to flow "
+            f"sampling with ComfyUI's ModelSamplingSD3 node if it was trained as a flow.")
+
+
+def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str = "plain", **options):
+    """A ComfyUI SAMPLER running `sample_fn` from the start point of `start_mode`.
+
+    ComfyUI builds x = noise_scaling(sigma_0, noise, latent) and leaves the noise and the
+    (processed) latent on the k-diffusion model it passes; for flow models the start point is
+    rebuilt from those two, so every start mode works with stock noise and latent nodes.
+    """
+    if start_mode not in START_MODES:
+        raise ValueError(f"start_mode must be one of {START_MODES}, got {start_mode!r}")
+
+    def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        guider = model.inner_model
+        model_sampling = guider.inner_model.model_sampling
+        parametrization = parametrization_of(model_sampling)
+        check_family(guider.model_patcher, family)
+        check_start_mode(start_mode, parametrization)
+        if parametrization == "flow":
+            lr_latent = model.latent_image if model.latent_image is not None else torch.zeros_like(x)
+            x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale).to(x)
+        return sample_fn(model, x, sigmas, extra_args, callback, disable, family=family,
+                         parametrization=parametrization, **options)
+
+    return comfy.samplers.KSAMPLER(sampler_function)
