@@ -52,7 +52,7 @@ class OneStepSRUpscale:
             "bridge_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": BRIDGE_TIP}),
             "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.05,
                                    "tooltip": "Positive/negative guidance weight; 1 = off (one evaluation per step)."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Seed for the start noise (start modes noise, noised_lr, bridge; gamma > 0)."}),
             "upscale_method": (UPSCALE_METHODS, {"default": "bicubic", "tooltip": "How the LR image is enlarged."}),
             "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
