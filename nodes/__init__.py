@@ -1,11 +1,15 @@
 """ComfyUI node registry of OneStep SR: thin wrappers, the maths lives in samplers/ and models/."""
 
+from .default_model_node import OneStepSRLoadModel, register_model_folder
 from .image_nodes import OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
                              OneStepSRSchedule)
 from .upscale_node import OneStepSRUpscale
 
+register_model_folder()
+
 NODE_CLASS_MAPPINGS = {
+    "OneStepSR_LoadModel": OneStepSRLoadModel,
     "OneStepSR_Conditioning": OneStepSRConditioning,
     "OneStepSR_Decode": OneStepSRDecode,
     "OneStepSR_Prompts": OneStepSRPrompts,
@@ -17,6 +21,7 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "OneStepSR_LoadModel": "Load OneStep SR Model",
     "OneStepSR_Conditioning": "OneStep SR Conditioning",
     "OneStepSR_Decode": "OneStep SR Decode",
     "OneStepSR_Prompts": "OneStep SR Prompts",

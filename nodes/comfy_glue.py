@@ -9,8 +9,14 @@ import torch
 
 from ..samplers import FAMILIES, START_MODES, VE_START_MODES, start_point
 
-# Set on a ModelPatcher's model_options by loaders of models that take a target time.
-FAMILIES_KEY = "onestep_sr_families"
+# Set on a ModelPatcher's model_options by loaders of OneStep SR models:
+# {"families": the families it takes, "needs_text": whether it needs a text CONDITIONING}.
+MODEL_INFO_KEY = "onestep_sr_model"
+NATIVE_MODEL_INFO = {"families": ("plain",), "needs_text": True}
+
+
+def model_info(model_patcher) -> dict:
+    return model_patcher.model_options.get(MODEL_INFO_KEY, NATIVE_MODEL_INFO)
 
 
 def parametrization_of(model_sampling) -> str:
@@ -27,16 +33,20 @@ def sigma_of_time(model_sampling, t: float) -> float:
     return float(model_sampling.percent_to_sigma(1.0 - t))
 
 
-def check_family(model_patcher, family: str) -> None:
-    """Raise a clear error when the MODEL cannot take the target time `family` needs."""
+def check_family(model_patcher, family: str | None) -> str:
+    """The family to sample `model_patcher` with (None: the model's own); a clear error when the
+    MODEL cannot take the target time that `family` needs."""
+    accepted = model_info(model_patcher)["families"]
+    if family is None:
+        return accepted[0]
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    accepted = model_patcher.model_options.get(FAMILIES_KEY, ("plain",))
     if family not in accepted:
         raise ValueError(
-            f"OneStep SR: family '{family}' needs a MODEL that takes a target time, but this MODEL "
-            f"accepts {', '.join(accepted)}. Load a flow-map model (e.g. 'Load OneStep SR Model') or "
-            f"an SR adapter that adds a second time embedding, or set family to 'plain'.")
+            f"OneStep SR: this MODEL takes family {' or '.join(repr(f) for f in accepted)}, not '{family}'. "
+            f"Set family to 'auto'. Families other than 'plain' need a MODEL with a second time input: "
+            f"load a flow-map model (e.g. 'Load OneStep SR Model') or an SR adapter that adds one.")
+    return family
 
 
 def check_start_mode(start_mode: str, parametrization: str) -> None:
@@ -49,12 +59,23 @@ def check_start_mode(start_mode: str, parametrization: str) -> None:
             f"sampling with ComfyUI's ModelSamplingSD3 node if it was trained as a flow.")
 
 
-def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str = "plain", **options):
+def family_choice(choice: str) -> str | None:
+    """The family widget's value for `check_family`: 'auto' means the model's own."""
+    return None if choice == "auto" else choice
+
+
+def empty_conditioning() -> list:
+    """CONDITIONING for models that take no text (the OneStep SR default model ignores it)."""
+    return [[torch.zeros(1, 1, 1), {}]]
+
+
+def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str | None = None, **options):
     """A ComfyUI SAMPLER running `sample_fn` from the start point of `start_mode`.
 
     ComfyUI builds x = noise_scaling(sigma_0, noise, latent) and leaves the noise and the
     (processed) latent on the k-diffusion model it passes; for flow models the start point is
     rebuilt from those two, so every start mode works with stock noise and latent nodes.
+    family None samples with the model's own family.
     """
     if start_mode not in START_MODES:
         raise ValueError(f"start_mode must be one of {START_MODES}, got {start_mode!r}")
@@ -63,12 +84,12 @@ def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str 
         guider = model.inner_model
         model_sampling = guider.inner_model.model_sampling
         parametrization = parametrization_of(model_sampling)
-        check_family(guider.model_patcher, family)
         check_start_mode(start_mode, parametrization)
         if parametrization == "flow":
             lr_latent = model.latent_image if model.latent_image is not None else torch.zeros_like(x)
             x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale).to(x)
-        return sample_fn(model, x, sigmas, extra_args, callback, disable, family=family,
+        return sample_fn(model, x, sigmas, extra_args, callback, disable,
+                         family=check_family(guider.model_patcher, family),
                          parametrization=parametrization, **options)
 
     return comfy.samplers.KSAMPLER(sampler_function)

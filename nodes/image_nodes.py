@@ -10,6 +10,7 @@ import torch
 
 from ..processing.images import bchw_to_bhwc, bhwc_to_bchw, check_image, finish_image, prepare_image
 from ..samplers import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
+from .comfy_glue import empty_conditioning
 
 CATEGORY = "OneStep SR"
 SIZE_KEY = "onestep_sr_size"  # the PreparedImage (sans pixels) decode needs to undo the padding
@@ -97,7 +98,8 @@ class OneStepSRConditioning:
                                                        "read reference latents)."}),
             "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
         }, "optional": {
-            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning to pass through (and extend)."}),
+            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning to pass through (and extend); "
+                                                     "left empty, an empty conditioning for text-free models."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative conditioning to pass through (and extend)."}),
         }}
 
@@ -111,6 +113,8 @@ class OneStepSRConditioning:
     def condition(self, image, vae, scale_by, width, height, upscale_method, lr_as_reference, vae_tile_size,
                   positive=None, negative=None):
         latent = encode_lr(vae, image, *target_size(image, scale_by, width, height), upscale_method, vae_tile_size)
+        if positive is None:  # text-free models (the OneStep SR default model) still need a CONDITIONING
+            positive, negative = empty_conditioning(), empty_conditioning()
         if lr_as_reference:
             positive = None if positive is None else with_lr_reference(positive, latent)
             negative = None if negative is None else with_lr_reference(negative, latent)

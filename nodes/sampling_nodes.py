@@ -7,11 +7,12 @@ import torch
 
 from ..samplers import (FAMILIES, START_MODES, sample_consistency, sample_flow_map, scale_at,
                         shifted_times)
-from .comfy_glue import ksampler, sigma_of_time
+from .comfy_glue import family_choice, ksampler, sigma_of_time
 
 CATEGORY = "OneStep SR/sampling"
 
-FAMILY_TIP = ("How the MODEL takes the jump's two times: plain = t only (flow-matching or one-step "
+FAMILY_CHOICES = ["auto", *FAMILIES]
+FAMILY_TIP = ("How the MODEL takes the jump's two times: auto = the model's own; plain = t only (flow-matching or one-step "
               "LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow "
               "maps, dual_branch = t on noise tokens, s on condition tokens.")
 START_TIP = ("Where sampling starts: lr = the LR latent at t = 1 (FlowSR); lr_at_T = the LR latent at "
@@ -89,7 +90,7 @@ class OneStepSRFlowMapSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (list(FAMILIES), {"default": "plain", "tooltip": FAMILY_TIP}),
+            "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TIP}),
             "start_mode": (list(START_MODES), {"default": "lr", "tooltip": START_TIP}),
             "gamma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                 "tooltip": "0 = deterministic chain of jumps; > 0 jumps to 0 and re-noises "
@@ -104,7 +105,7 @@ class OneStepSRFlowMapSampler:
     DESCRIPTION = "One-step and any-step flow-map sampler for super-resolution (use with SamplerCustomAdvanced)."
 
     def get_sampler(self, family, start_mode, gamma, bridge_scale):
-        return (ksampler(sample_flow_map, start_mode, bridge_scale, family=family, gamma=gamma),)
+        return (ksampler(sample_flow_map, start_mode, bridge_scale, family=family_choice(family), gamma=gamma),)
 
 
 class OneStepSRConsistencySampler:

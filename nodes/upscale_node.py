@@ -6,21 +6,24 @@ import comfy.sample
 import comfy.utils
 import latent_preview
 
-from ..samplers import FAMILIES, START_MODES, sample_flow_map
-from .comfy_glue import ksampler
+from ..samplers import START_MODES, sample_flow_map
+from .comfy_glue import empty_conditioning, family_choice, ksampler, model_info
 from .image_nodes import UPSCALE_METHODS, VAE_TILE_TIP, decode_sr, encode_lr, target_size
-from .sampling_nodes import BRIDGE_TIP, FAMILY_TIP, START_TIP, flow_map_guider, flow_map_sigmas
+from .sampling_nodes import (BRIDGE_TIP, FAMILY_CHOICES, FAMILY_TIP, START_TIP, flow_map_guider,
+                             flow_map_sigmas)
 
 
 def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shift, gamma, bridge_scale,
             guidance, seed, upscale_method="bicubic", vae_tile_size=1024, positive=None, negative=None):
     """Encode -> flow-map sampling -> decode, exactly as the graph form does it."""
+    if positive is None and not model_info(model)["needs_text"]:
+        positive = empty_conditioning()
     if positive is None:
         raise ValueError("OneStep SR Upscale: connect a 'positive' CONDITIONING (e.g. from 'OneStep SR "
                          "Prompts' or CLIP Text Encode); diffusion models need their text conditioning")
     latent = encode_lr(vae, image, *target_size(image, scale_by, 0, 0), upscale_method, vae_tile_size)
     sigmas = flow_map_sigmas(model, steps, t_start, shift)
-    sampler = ksampler(sample_flow_map, start_mode, bridge_scale, family=family, gamma=gamma)
+    sampler = ksampler(sample_flow_map, start_mode, bridge_scale, family=family_choice(family), gamma=gamma)
     guider = flow_map_guider(model, positive, negative, guidance)
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed)
@@ -41,7 +44,7 @@ class OneStepSRUpscale:
                                    "tooltip": "Upscale factor (x2, x4, x8 ...)."}),
             "steps": ("INT", {"default": 1, "min": 1, "max": 1000,
                               "tooltip": "Network evaluations: 1 = one-step SR; more = any-step."}),
-            "family": (list(FAMILIES), {"default": "plain", "tooltip": FAMILY_TIP}),
+            "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TIP}),
             "start_mode": (list(START_MODES), {"default": "lr", "tooltip": START_TIP}),
             "t_start": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1.0, "step": 0.001,
                                   "tooltip": "Start time of the schedule (1 for lr/noise, T for lr_at_T)."}),
