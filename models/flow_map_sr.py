@@ -1,0 +1,100 @@
+"""The default SR network: a small two-time flow map on a space-to-depth view.
+
+``net(x, t, s, cond) -> u``: the average velocity of the jump t -> s (DESIGN §2) for the
+image-space state ``x`` (in [-1, 1], at the output size) given ``cond`` (the LR image
+bicubic-upsampled to the output size, in [-1, 1]). Both are pixel-unshuffled by ``stride``
+and stacked, a diffusers ``UNet2DModel`` runs at 1/stride of the resolution (the issue's
+"learn per FLOP": 10x faster than the same net at full resolution on a CPU), and its output
+is pixel-shuffled back. The UNet's timestep embedding carries t, its second ("class",
+``class_embed_type="timestep"``) embedding carries the family's second time input: d = t - s
+for "shortcut", s for "two_time". There is no scale input: one model serves x4 and x8.
+
+Any image size works: the input is reflect-padded to a multiple of the total stride and the
+output cropped back, so tiles of any size work too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DModel
+from einops import rearrange
+from torch import nn
+
+from ..samplers.flow_map import time_inputs
+from ..training.checkpoint import load_tensors, save_tensors, unprefixed
+
+CONFIG_KEY = "onestep_sr_config"
+# Times in [0, 1] are spread over the sinusoidal embedding's usual 0..1000 range.
+TIME_SCALE = 1000.0
+NET_FAMILIES = ("shortcut", "two_time")
+
+
+class FlowMapSRNet(nn.Module):
+    """Two-time flow-map SR network; ``config`` (JSON-able) rebuilds it exactly."""
+
+    def __init__(self, channels: int = 3, stride: int = 4, block_out_channels=(48, 64, 96),
+                 layers_per_block: int = 1, norm_num_groups: int = 16, family: str = "shortcut"):
+        super().__init__()
+        if family not in NET_FAMILIES:
+            raise ValueError(f"family must be one of {NET_FAMILIES}, got {family!r}")
+        self.config = {"channels": channels, "stride": stride,
+                       "block_out_channels": list(block_out_channels),
+                       "layers_per_block": layers_per_block, "norm_num_groups": norm_num_groups,
+                       "family": family}
+        self.family = family
+        self.stride = stride
+        levels = len(block_out_channels)
+        self.multiple = stride * 2 ** (levels - 1)
+        self.unet = UNet2DModel(
+            in_channels=2 * channels * stride**2, out_channels=channels * stride**2,
+            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups, class_embed_type="timestep",
+            time_embedding_type="positional", flip_sin_to_cos=True, freq_shift=0)
+        # u = 0 at initialisation: the one-step sample starts as the bicubic upscale itself.
+        nn.init.zeros_(self.unet.conv_out.weight)
+        nn.init.zeros_(self.unet.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                cond: torch.Tensor) -> torch.Tensor:
+        if cond is None or cond.shape != x.shape:
+            raise ValueError("cond must be the upsampled LR image with the same shape as x "
+                             f"{tuple(x.shape)}; got {None if cond is None else tuple(cond.shape)}")
+        batch = x.shape[0]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(batch)
+        s = torch.as_tensor(s, dtype=x.dtype, device=x.device).reshape(-1).expand(batch)
+        times = time_inputs(self.family, t, s)
+        second = times["d"] if self.family == "shortcut" else times["s"]
+        height, width = x.shape[-2:]
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        stacked = torch.cat([x, cond], dim=1)
+        if pad_h or pad_w:
+            # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            stacked = F.pad(stacked, (0, pad_w, 0, pad_h), mode=mode)
+        packed = rearrange(stacked, "b c (h p) (w q) -> b (c p q) h w", p=self.stride, q=self.stride)
+        out = self.unet(packed, times["t"] * TIME_SCALE, class_labels=second * TIME_SCALE).sample
+        u = rearrange(out, "b (c p q) h w -> b c (h p) (w q)", p=self.stride, q=self.stride)
+        return u[..., :height, :width]
+
+
+def save_model(net: FlowMapSRNet, path: str, metadata: dict | None = None) -> None:
+    """Weights to safetensors (atomic write), the architecture config and `metadata` (JSON
+    values) in the file's metadata, so that `load_model` needs nothing but the file."""
+    save_tensors(path, net.state_dict(), {**(metadata or {}), CONFIG_KEY: net.config})
+
+
+def load_model(path: str, device: str | torch.device = "cpu") -> FlowMapSRNet:
+    """A FlowMapSRNet rebuilt from a safetensors file whose metadata holds its config: weights
+    written by `save_model` or the trainer's `export_weights`, or a training checkpoint (its
+    EMA weights are used)."""
+    state, metadata = load_tensors(path)
+    if any(key.startswith("ema.") for key in state):
+        state = unprefixed("ema", state)
+    if CONFIG_KEY not in metadata:
+        raise ValueError(f"{path} has no {CONFIG_KEY!r} metadata: it is not a OneStep SR default "
+                         "model file (write it with onestep_sr.models.flow_map_sr.save_model)")
+    net = FlowMapSRNet(**metadata[CONFIG_KEY])
+    net.load_state_dict(state)
+    return net.to(device).eval()

@@ -1,0 +1,73 @@
+"""Upscale images with a flow-map SR network: the pure pipeline the CLI, nodes and benchmark share.
+
+Start mode 'lr' (FlowSR): x at t = 1 is the LR image bicubic-upsampled to the output size in
+[-1, 1]; the same image is the network's condition. The any-step sampler of
+`samplers.sampling` runs over `shifted_times(steps)`; a small wrapper turns the network's
+average velocity into the pseudo-x0 the sampler expects, for the target time the sampler
+puts in transformer_options.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..samplers.flow_map import denoised_from_velocity, shifted_times
+from ..samplers.sampling import sample_flow_map, target_of
+from ..samplers.start import start_point
+from .degrade import bicubic_upscale
+
+START_MODE = "lr"
+
+
+def flow_map_denoiser(net, cond: torch.Tensor):
+    """A k-diffusion-style model(x, sigma, model_options) -> pseudo-x0 around net(x, t, s, cond)."""
+
+    def denoiser(x, sigma, model_options=None, **_):
+        target = target_of((model_options or {}).get("transformer_options", {}))
+        if target is None:
+            raise ValueError("the flow-map denoiser needs the jump's target time from the sampler "
+                             "(samplers.sampling.with_target)")
+        t = sigma.reshape(-1).expand(x.shape[0])
+        s = torch.full_like(t, target["sigma_to"])
+        u = net(x, t, s, cond)
+        return denoised_from_velocity(x, u, t.view(-1, 1, 1, 1))
+
+    return denoiser
+
+
+def _check(image: torch.Tensor, scale: int, steps: int) -> None:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] not in (1, 3, 4):
+        raise ValueError("image must be a float tensor [B, C, H, W] with C = 1 (grey), 3 (RGB) or "
+                         f"4 (RGBA); got shape {getattr(image, 'shape', None)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be float in [0, 1], got {image.dtype}; divide uint8 by 255")
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer (the model was trained for 4 and 8), got {scale}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+
+
+@torch.no_grad()
+def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float = 0.0, seed: int = 0,
+            shift: float = 1.0) -> torch.Tensor:
+    """[B, C, H, W] in [0, 1] -> [B, C, H*scale, W*scale] in [0, 1] with `steps` network calls.
+
+    Greyscale is expanded to RGB for the network and averaged back; alpha is upscaled by
+    bicubic and carried through. gamma > 0 re-noises between steps (seeded by `seed`).
+    """
+    _check(image, scale, steps)
+    channels = image.shape[1]
+    rgb = image[:, :3] if channels != 1 else image.expand(-1, 3, -1, -1)
+    param = next(net.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (image.device, image.dtype)
+    cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
+    x = start_point(START_MODE, cond, torch.zeros_like(cond), 1.0)
+    extra_args = {"model_options": {}, "seed": seed}
+    x = sample_flow_map(flow_map_denoiser(net, cond), x, shifted_times(steps, 1.0, shift).to(device),
+                        extra_args, disable=True, family=net.family, gamma=gamma)
+    out = ((x + 1) / 2).clamp(0, 1).to(device=image.device, dtype=image.dtype)
+    if channels == 1:
+        return out.mean(1, keepdim=True)
+    if channels == 4:
+        return torch.cat([out, bicubic_upscale(image[:, 3:], scale)], dim=1)
+    return out

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Fetch the Debian lomiri-wallpapers-16.04 photos (training / held-out data of the default
+# model) into $ONESTEP_SR_CACHE/photos (default ~/.cache/onestep-sr/photos), outside the
+# repository. Needs only `apt-get download` and `dpkg -x`: nothing is installed system-wide.
+# Idempotent: does nothing when the photos are already unpacked.
+set -euo pipefail
+PACKAGE=lomiri-wallpapers-16.04
+CACHE="${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}/photos"
+if [ -d "$CACHE/extracted/usr/share/backgrounds" ]; then
+    echo "photos already in $CACHE/extracted/usr/share/backgrounds"
+    exit 0
+fi
+mkdir -p "$CACHE/debs"
+( cd "$CACHE/debs" && apt-get download "$PACKAGE" )
+dpkg -x "$CACHE"/debs/"$PACKAGE"_*.deb "$CACHE/extracted.tmp"
+mv "$CACHE/extracted.tmp" "$CACHE/extracted"
+echo "photos in $CACHE/extracted/usr/share/backgrounds"

@@ -1,0 +1,98 @@
+"""Train the default OneStep SR model (one command; seeded; resumable: rerun it to continue).
+
+    python scripts/train_default.py                       # train to --steps, checkpoint on the way
+    python scripts/train_default.py --export weights/onestep_sr_default.safetensors
+
+Data: random HR crops of the training photos (onestep_sr.models.photos; fetch the wallpapers
+first with scripts/fetch_training_photos.sh), ×4 and ×8 mixed per batch, bicubic degradation
+(most batches) or the seeded second-order real-world chain. Start mode 'lr': the source x1 and
+the condition are the LR image bicubic-upsampled to the HR size, in [-1, 1].
+Objective: Shortcut self-consistency with FlowSR's HR regularisation (endpoint term), since the
+LR source is deterministic. The run lives in --output-dir (outside the repository by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onestep_sr.models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
+from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
+from onestep_sr.models.photos import CropSampler, write_manifest
+from onestep_sr.models.pipeline import START_MODE
+from onestep_sr.training.objectives import make_objective
+from onestep_sr.training.trainer import TrainConfig, Trainer
+
+
+def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float):
+    """batches(generator) -> {"x0": HR, "x1": upsampled LR, "cond": upsampled LR}, all in [-1, 1].
+
+    Every draw comes from the trainer's per-step generator, so a resumed run sees the same data.
+    """
+
+    def draw(generator: torch.Generator) -> dict:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        rng = np.random.default_rng(seed)
+        hr = sampler.sample(batch, crop, rng)
+        scale = int(rng.choice(SCALES))
+        lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
+              else bicubic_downscale(hr, scale))
+        source = bicubic_upscale(lr, scale) * 2 - 1
+        return {"x0": hr * 2 - 1, "x1": source, "cond": source}
+
+    return draw
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=str(Path("~/.cache/onestep-sr/runs/default").expanduser()))
+    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
+    parser.add_argument("--real-fraction", type=float, default=0.2,
+                        help="fraction of batches degraded by the real-world chain instead of bicubic")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--endpoint-weight", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--export", default=None,
+                        help="after training, write the EMA weights here (+ <name>.data.json manifest)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.crop % max(SCALES):
+        parser.error(f"--crop must be a multiple of {max(SCALES)}, got {args.crop}")
+    torch.set_num_threads(args.threads)
+
+    manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
+    net = FlowMapSRNet()
+    objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight)
+    config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         progress=not args.no_progress)
+    command = "python scripts/train_default.py " + shlex.join(
+        a for a in (argv if argv is not None else sys.argv[1:]))
+    metadata = {"family": net.family, "start_mode": START_MODE, "scales": list(SCALES),
+                "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
+                "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction,
+                CONFIG_KEY: net.config}
+    trainer = Trainer(net, objective, sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction),
+                      config, metadata=metadata)
+    summary = trainer.train()
+    print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.1f} samples/s)")
+    if args.export:
+        export = Path(args.export)
+        trainer.export_weights(export)
+        write_manifest(export.with_suffix(".data.json"))
+        print(f"wrote {export} and {export.with_suffix('.data.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
