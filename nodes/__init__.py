@@ -1,7 +1,7 @@
 """ComfyUI node registry of OneStep SR: thin wrappers, the maths lives in samplers/ and models/."""
 
 from .default_model_node import OneStepSRLoadModel, register_model_folder
-from .image_nodes import OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
+from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
                              OneStepSRSchedule)
 from .upscale_node import OneStepSRUpscale
@@ -13,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "OneStepSR_Conditioning": OneStepSRConditioning,
     "OneStepSR_Decode": OneStepSRDecode,
     "OneStepSR_Prompts": OneStepSRPrompts,
+    "OneStepSR_ColourFix": OneStepSRColourFix,
     "OneStepSR_Schedule": OneStepSRSchedule,
     "OneStepSR_FlowMapSampler": OneStepSRFlowMapSampler,
     "OneStepSR_ConsistencySampler": OneStepSRConsistencySampler,
@@ -25,6 +26,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_Conditioning": "OneStep SR Conditioning",
     "OneStepSR_Decode": "OneStep SR Decode",
     "OneStepSR_Prompts": "OneStep SR Prompts",
+    "OneStepSR_ColourFix": "OneStep SR Colour Fix",
     "OneStepSR_Schedule": "OneStep SR Schedule",
     "OneStepSR_FlowMapSampler": "OneStep SR Flow Map Sampler",
     "OneStepSR_ConsistencySampler": "OneStep SR Consistency Sampler",

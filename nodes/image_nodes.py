@@ -8,7 +8,8 @@ import comfy.utils
 import node_helpers
 import torch
 
-from ..processing.images import bchw_to_bhwc, bhwc_to_bchw, check_image, finish_image, prepare_image
+from ..processing import (COLOUR_METHODS, bchw_to_bhwc, bhwc_to_bchw, check_image, colour_correct,
+                          finish_image, prepare_image, split_alpha)
 from ..samplers import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
 from .comfy_glue import empty_conditioning
 
@@ -69,6 +70,19 @@ def decode_sr(vae, latent: dict, vae_tile: int = 1024) -> torch.Tensor:
     if prepared is None:
         return pixels
     return finish_image(bhwc_to_bchw(pixels), prepared, scale=1)
+
+
+def colour_fix_image(image: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
+    """IMAGE `image` with the colours of IMAGE `reference` (any size, same aspect); alpha kept."""
+    if method == "none":
+        return image
+    check_image(reference, "reference")
+    colour, alpha = split_alpha(image)
+    reference_colour, _ = split_alpha(reference)
+    if reference_colour.shape[-1] != colour.shape[-1]:
+        reference_colour = reference_colour.expand(*reference_colour.shape[:-1], colour.shape[-1])
+    fixed = bchw_to_bhwc(colour_correct(bhwc_to_bchw(colour), bhwc_to_bchw(reference_colour), method))
+    return fixed if alpha is None else torch.cat([fixed, alpha], dim=-1)
 
 
 def with_lr_reference(conditioning, latent: dict):
@@ -138,6 +152,27 @@ class OneStepSRDecode:
 
     def decode(self, samples, vae, vae_tile_size):
         return (decode_sr(vae, samples, vae_tile_size),)
+
+
+class OneStepSRColourFix:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The SR output whose colours drifted."}),
+            "reference": ("IMAGE", {"tooltip": "The LR input whose colours are right (any size, same aspect)."}),
+            "method": (list(COLOUR_METHODS), {"default": "wavelet",
+                                              "tooltip": "wavelet: take the reference's low frequencies, keep the "
+                                                         "output's detail; adain: match per-channel mean/std; lab: the "
+                                                         "same in CIELAB."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "fix"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Colour correction: matches an SR output's colours to its LR input."
+
+    def fix(self, image, reference, method):
+        return (colour_fix_image(image, reference, method),)
 
 
 class OneStepSRPrompts:

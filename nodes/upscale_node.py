@@ -1,21 +1,60 @@
-"""The one-click "OneStep SR Upscale" node: the same functions the graph blocks call, in one node."""
+"""The one-click "OneStep SR Upscale" node: the same functions the graph blocks call, in one node,
+with latent tiling (progress and cancel per tile, tile halved on out-of-memory) and colour fix."""
 
 from __future__ import annotations
 
+import comfy.model_management
 import comfy.sample
 import comfy.utils
 import latent_preview
+import torch
 
+from ..processing import COLOUR_METHODS, auto_tile_size, default_overlap, tiled_apply
 from ..samplers import START_MODES, sample_flow_map
 from .comfy_glue import empty_conditioning, family_choice, ksampler, model_info
-from .image_nodes import UPSCALE_METHODS, VAE_TILE_TIP, decode_sr, encode_lr, target_size
+from .image_nodes import (UPSCALE_METHODS, VAE_TILE_TIP, colour_fix_image, decode_sr, encode_lr, target_size,
+                          vae_stride)
 from .sampling_nodes import (BRIDGE_TIP, FAMILY_CHOICES, FAMILY_TIP, START_TIP, flow_map_guider,
                              flow_map_sigmas)
 
+# Latent side used to ask ComfyUI's model for its memory estimate per latent cell.
+PROBE_SIDE = 64
+
+
+def auto_latent_tile(model, latent: torch.Tensor) -> int:
+    """Tile side in latent cells that fits the sampling in free memory (ComfyUI's own estimate)."""
+    probe = [2 * latent.shape[0], *latent.shape[1:-2], PROBE_SIDE, PROBE_SIDE]  # x2: guidance batch
+    per_cell = model.model.memory_required(probe) / PROBE_SIDE ** 2
+    return auto_tile_size(per_cell, model.load_device, multiple=8, min_tile=16)
+
+
+def sample_tiled(guider, sampler, sigmas, latent: torch.Tensor, noise: torch.Tensor, seed: int, tile: int,
+                 overlap: int, steps: int) -> torch.Tensor:
+    """Sample the SR latent tile by tile (one tile when it fits); the noise is drawn for the whole
+    latent first so the result does not depend on the tiling."""
+    channels = latent.shape[1]
+    single = tile >= max(latent.shape[-2:])
+    bar = comfy.utils.ProgressBar(steps)
+    callback = latent_preview.prepare_callback(guider.model_patcher, steps) if single else None
+
+    def sample_tile(stacked: torch.Tensor) -> torch.Tensor:
+        lr, tile_noise = stacked.split(channels, dim=1)
+        return guider.sample(tile_noise, lr, sampler, sigmas, callback=callback, seed=seed,
+                             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED).to(lr)
+
+    def tile_done(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if not single:
+            bar.update_absolute(done, total)
+
+    return tiled_apply(torch.cat([latent, noise.to(latent)], dim=1), sample_tile, scale=1, tile=tile,
+                       overlap=overlap, callback=tile_done)
+
 
 def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shift, gamma, bridge_scale,
-            guidance, seed, upscale_method="bicubic", vae_tile_size=1024, positive=None, negative=None):
-    """Encode -> flow-map sampling -> decode, exactly as the graph form does it."""
+            guidance, seed, upscale_method="bicubic", tile_size=0, vae_tile_size=1024, colour_fix="none",
+            positive=None, negative=None):
+    """Encode -> flow-map sampling (tiled) -> decode -> colour fix, as the graph form does it."""
     if positive is None and not model_info(model)["needs_text"]:
         positive = empty_conditioning()
     if positive is None:
@@ -27,17 +66,22 @@ def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shi
     guider = flow_map_guider(model, positive, negative, guidance)
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed)
-    callback = latent_preview.prepare_callback(model, steps)
-    out = guider.sample(noise, samples, sampler, sigmas, callback=callback,
-                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    return decode_sr(vae, {**latent, "samples": out.to(samples.device)}, vae_tile_size)
+    stride = vae_stride(vae)
+    overlap = default_overlap(1, stride)
+    if tile_size and tile_size < 2 * overlap * stride:
+        raise ValueError(f"OneStep SR Upscale: tile_size {tile_size} px is below the smallest tile, "
+                         f"{2 * overlap * stride} px (tiles overlap by {overlap * stride} px); raise it or use 0 (auto)")
+    tile = tile_size // stride if tile_size else auto_latent_tile(model, samples)
+    out = sample_tiled(guider, sampler, sigmas, samples, noise, seed, tile, overlap, steps)
+    return colour_fix_image(decode_sr(vae, {**latent, "samples": out}, vae_tile_size), image, colour_fix)
 
 
 class OneStepSRUpscale:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The SR model: a diffusion model with an SR adapter/LoRA."}),
+            "model": ("MODEL", {"tooltip": "The SR model: a diffusion model with an SR adapter/LoRA, or "
+                                           "the OneStep SR default model."}),
             "vae": ("VAE", {"tooltip": "The model's VAE."}),
             "image": ("IMAGE", {"tooltip": "The low-resolution image."}),
             "scale_by": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 16.0, "step": 0.5,
@@ -58,7 +102,13 @@ class OneStepSRUpscale:
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Seed for the start noise (start modes noise, noised_lr, bridge; gamma > 0)."}),
             "upscale_method": (UPSCALE_METHODS, {"default": "bicubic", "tooltip": "How the LR image is enlarged."}),
+            "tile_size": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8,
+                                  "tooltip": "Sample in tiles of this many output pixels (blended, >= 64 px "
+                                             "overlap); 0 = as large as free memory allows. Halved on out-of-memory."}),
             "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
+            "colour_fix": (list(COLOUR_METHODS), {"default": "none",
+                                                  "tooltip": "Match the output's colours to the LR image "
+                                                             "(wavelet keeps detail; adain/lab match statistics)."}),
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "Positive SR prompt (required by text-conditioned models)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative SR prompt (needed when guidance != 1)."}),
