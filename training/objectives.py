@@ -102,7 +102,7 @@ class Shortcut:
     original code, the finest level's half jumps use the diagonal velocity u'(x, t, t) (an
     Euler step), which ties the hierarchy to flow matching.
 
-    endpoint_weight > 0 adds FlowSR's HR regularisation on the flow-matching samples,
+    endpoint_weight > 0 adds FlowSR's HR regularisation on every sample's point,
         L_end = || x_t - t u(x_t, t, 0) - x0 ||^2,
     useful when x1 is a deterministic source (the LR image) so the full jump has one answer.
     """
@@ -149,8 +149,8 @@ class Shortcut:
         # One student call for every term, so a DDP-wrapped net runs one forward per step.
         xs, ts, ss, targets = [x_fm, x_sc], [t_fm, t_sc], [t_fm, t_sc - big], [v_fm, target_sc]
         conds = [None if cond is None else cond[:n_fm], c_sc]
-        if self.endpoint_weight > 0:
-            xs.append(x_fm), ts.append(t_fm), ss.append(torch.zeros_like(t_fm)), conds.append(conds[0])
+        if self.endpoint_weight > 0:  # the full jump t -> 0 from every sample's point
+            xs, ts, ss, conds = xs * 2, ts * 2, ss + [torch.zeros(n, device=x0.device)], conds * 2
         u = net(torch.cat(xs), torch.cat(ts), torch.cat(ss), None if cond is None else torch.cat(conds))
         err = mean_square(u[:n], torch.cat(targets))
         loss_fm, loss_sc = err[:n_fm], err[n_fm:]
@@ -158,14 +158,230 @@ class Shortcut:
         logs = {"flow": loss_fm.mean().item() if n_fm else 0.0,
                 "self_consistency": loss_sc.mean().item() if n_sc else 0.0}
         if self.endpoint_weight > 0:
-            x0_hat = denoised_from_velocity(x_fm, u[n:], per_sample(t_fm, x_fm))
-            loss_end = mean_square(x0_hat, x0[:n_fm]).mean()
+            x_all, t_all = torch.cat(xs[:2]), torch.cat(ts[:2])
+            loss_end = mean_square(denoised_from_velocity(x_all, u[n:], per_sample(t_all, x_all)), x0).mean()
             loss = loss + self.endpoint_weight * loss_end
             logs["endpoint"] = loss_end.item()
         return loss, logs
 
 
-OBJECTIVES = {cls.name: cls for cls in (FlowMatching, Shortcut)}
+def _time_pairs(n: int, like: torch.Tensor, generator, map_fraction: float):
+    """(t, s, n_diag): the first n_diag pairs lie on the diagonal s = t, the rest have s < t,
+    drawn as the sorted pair of two uniform times (uniform on the triangle 0 <= s <= t <= 1)."""
+    n_map = _split(n, map_fraction)
+    a, b = _uniform(n, like, generator), _uniform(n, like, generator)
+    t, s = torch.maximum(a, b), torch.minimum(a, b)
+    n_diag = n - n_map
+    s = torch.cat([t[:n_diag], s[n_diag:]])
+    return t, s, n_diag
+
+
+def _split_logs(err: torch.Tensor, n_diag: int, map_name: str) -> tuple[torch.Tensor, dict]:
+    """Mean loss over the batch, with its diagonal (flow) and off-diagonal parts logged apart."""
+    logs = {"flow": err[:n_diag].mean().item() if n_diag else 0.0,
+            map_name: err[n_diag:].mean().item() if n_diag < err.shape[0] else 0.0}
+    return err.mean(), logs
+
+
+@dataclass
+class Lagrangian:
+    """Lagrangian self-distillation (Boffi et al.): the map's s-derivative follows the flow.
+
+        L_map  = || d/ds X(x_t, t -> s) - sg(v(X(x_t, t -> s), s)) ||^2,   v(x, s) = u(x, s, s),
+        L_flow = || u(x_t, t, t) - (x1 - x0) ||^2 on the diagonal,
+
+    with d/ds by one forward-mode JVP (torch.func.jvp) and v from the same network under
+    stop-gradient. A fraction `map_fraction` of the batch has s < t (the sorted pair of two
+    uniform times), the rest trains the diagonal.
+    """
+
+    map_fraction: float = 0.25
+    name = "lagrangian"
+
+    def __post_init__(self):
+        _split(1, self.map_fraction)
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        x0, x1, cond = _unpack(batch)
+        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
+        x_t = add_source(x0, x1, per_sample(t, x0))
+
+        def map_of_s(s_):
+            u = net(x_t, t, s_, cond)
+            return flow_map(x_t, u, t, s_), u
+
+        (x_s, u), (dx_ds, _) = torch.func.jvp(map_of_s, (s,), (torch.ones_like(s),))
+        with torch.no_grad():
+            c = None if cond is None else cond[n_diag:]
+            v_end = net(x_s[n_diag:].detach(), s[n_diag:], s[n_diag:], c)
+        err = torch.cat([mean_square(u[:n_diag], (x1 - x0)[:n_diag]), mean_square(dx_ds[n_diag:], v_end)])
+        return _split_logs(err, n_diag, "lagrangian")
+
+
+@dataclass
+class Eulerian:
+    """Eulerian self-distillation (Boffi et al.): the map is transported by the flow.
+
+        L_map  = || d/dt X(x_t, t -> s) + sg(grad_x X(x_t, t -> s) . v(x_t, t)) ||^2,
+        L_flow = || u(x_t, t, t) - (x1 - x0) ||^2 on the diagonal,
+
+    v(x, t) = u(x, t, t) from the same network; d/dt and the directional derivative along v are
+    two JVPs, the second under stop-gradient (the spatial term is known to be less stable, so
+    only the time derivative carries the gradient). Time pairs as in `Lagrangian`.
+    """
+
+    map_fraction: float = 0.25
+    name = "eulerian"
+
+    def __post_init__(self):
+        _split(1, self.map_fraction)
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        x0, x1, cond = _unpack(batch)
+        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
+        x_t = add_source(x0, x1, per_sample(t, x0))
+        m = slice(n_diag, None)
+        c = None if cond is None else cond[m]
+        with torch.no_grad():
+            v = net(x_t[m], t[m], t[m], c)
+            _, transport = torch.func.jvp(lambda x: flow_map(x, net(x, t[m], s[m], c), t[m], s[m]),
+                                          (x_t[m],), (v,))
+
+        def map_of_t(t_):
+            u = net(x_t, t_, s, cond)
+            return flow_map(x_t, u, t_, s), u
+
+        (_, u), (dx_dt, _) = torch.func.jvp(map_of_t, (t,), (torch.ones_like(t),))
+        err = torch.cat([mean_square(u[:n_diag], (x1 - x0)[:n_diag]),
+                         mean_square(dx_dt[m], -transport)])
+        return _split_logs(err, n_diag, "eulerian")
+
+
+@dataclass
+class MeanFlow:
+    """MeanFlow identity (Geng et al.): the average velocity satisfies u = v - (t - s) du/dt.
+
+        L = || u(x_t, t, s) - sg(v - (t - s) (v . grad_x u + d_t u)) ||^2,
+
+    with du/dt the total derivative along the flow, one JVP of u in (x, t, s) with tangent
+    (v, 1, 0). `velocity` chooses v: "conditional" (x1 - x0, as in the paper; the loss then
+    keeps the conditional variance at its minimum) or "model" (sg(u(x_t, t, t)), the network's
+    own marginal velocity; the residual of an exact map is then zero, but training from scratch
+    with it is unstable, since nothing anchors the velocity). On the diagonal s = t (a fraction
+    1 - map_fraction of the batch; the paper uses 75%) the loss is flow matching.
+    adaptive_power p > 0 reweights each sample by sg(1 / (err + 1e-3)^p) (the paper's p = 1,
+    the default; on the 2-D toy it more than halves the one-step error of a short run);
+    0 keeps plain L2.
+    """
+
+    map_fraction: float = 0.25
+    velocity: str = "conditional"
+    adaptive_power: float = 1.0
+    name = "meanflow"
+
+    def __post_init__(self):
+        _split(1, self.map_fraction)
+        if self.velocity not in ("conditional", "model"):
+            raise ValueError(f"velocity must be 'conditional' or 'model', got {self.velocity!r}")
+        if self.adaptive_power < 0:
+            raise ValueError(f"adaptive_power must be >= 0, got {self.adaptive_power}")
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        x0, x1, cond = _unpack(batch)
+        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
+        x_t = add_source(x0, x1, per_sample(t, x0))
+        if self.velocity == "conditional":
+            v = x1 - x0
+        else:
+            with torch.no_grad():
+                v = net(x_t, t, t, cond)
+        u, du_dt = torch.func.jvp(lambda x, t_, s_: net(x, t_, s_, cond), (x_t, t, s),
+                                  (v, torch.ones_like(t), torch.zeros_like(s)))
+        target = (v - per_sample(t - s, x_t) * du_dt).detach()
+        err = mean_square(u, target)
+        loss, logs = _split_logs(err, n_diag, "meanflow")
+        if self.adaptive_power > 0:
+            loss = (err / (err.detach() + 1e-3) ** self.adaptive_power).mean()
+        return loss, logs
+
+
+@dataclass
+class FlowSRConsistency:
+    """FlowSR stage 2: consistency distillation along the rectified flow LR -> HR, with HR
+    regularisation, between adjacent times t > t' from a fast and a slow scheduler.
+
+    With f(x, t) = x - t u(x, t, 0) (the pseudo-x0 of the full jump) and f' the EMA network's:
+
+        L = || f(x_t, t) - sg(f'(x_t', t')) ||^2
+            + hr_weight   (|| f(x_t, t) - x0 ||^2 + || f(x_t', t') - x0 ||^2)
+            + flow_weight || u(x_t, t, t) - (x1 - x0) ||^2,
+        x_t' = x_t - (t - t') u'(x_t, t, t)   (one Euler step of the EMA network's velocity).
+
+    The flow term keeps the teacher velocity (the diagonal of the same network) trained, so a
+    single network is both teacher and one-step student. Times: the scheduler named by
+    `student_scheduler` supplies t (fast: k / fast_steps; slow: k / slow_steps), the other one
+    t' = its largest point strictly below t. Which side gets which is not published; the
+    default "slow" trains the student at every fine time while every target sits on the
+    few-step grid, whose points are themselves student times (down to t' = 0, where
+    f(x, 0) = x exactly), so the chain of targets is grounded. The HR term regresses onto x0,
+    which suits a deterministic source (the LR image); with a noise source set hr_weight = 0,
+    or the one-step answer collapses to the data mean.
+    """
+
+    fast_steps: int = 4
+    slow_steps: int = 1000
+    student_scheduler: str = "slow"
+    hr_weight: float = 1.0
+    flow_weight: float = 1.0
+    name = "flowsr_consistency"
+
+    def __post_init__(self):
+        if self.student_scheduler not in ("fast", "slow"):
+            raise ValueError(f"student_scheduler must be 'fast' or 'slow', got {self.student_scheduler!r}")
+        if not 1 <= self.fast_steps <= self.slow_steps:
+            raise ValueError(f"need 1 <= fast_steps <= slow_steps, got {self.fast_steps}, {self.slow_steps}")
+
+    def times(self, n: int, like: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adjacent pairs (t, t'), t' < t, one time from each scheduler."""
+        student, other = ((self.slow_steps, self.fast_steps) if self.student_scheduler == "slow"
+                          else (self.fast_steps, self.slow_steps))
+        t = (torch.floor(_uniform(n, like, generator) * student) + 1) / student
+        # The largest grid point of `other` strictly below t (the small offset absorbs rounding).
+        t_prev = (torch.ceil(t * other - 1e-4) - 1).clamp(min=0) / other
+        return t, t_prev
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        x0, x1, cond = _unpack(batch)
+        teacher = net if ema_net is None else ema_net
+        n = x0.shape[0]
+        t, t_prev = self.times(n, x0, generator)
+        x_t = add_source(x0, x1, per_sample(t, x0))
+        with torch.no_grad():
+            v_teacher = teacher(x_t, t, t, cond)
+            x_prev = flow_map(x_t, v_teacher, t, t_prev)
+            u_prev = teacher(x_prev, t_prev, torch.zeros_like(t_prev), cond)
+            target = denoised_from_velocity(x_prev, u_prev, per_sample(t_prev, x_prev))
+
+        zeros = torch.zeros_like(t)
+        xs, ts, ss = [x_t, x_prev], [t, t_prev], [zeros, zeros]
+        if self.flow_weight > 0:
+            xs.append(x_t), ts.append(t), ss.append(t)
+        u = net(torch.cat(xs), torch.cat(ts), torch.cat(ss), _repeat(cond, len(xs)))
+        f_t = denoised_from_velocity(x_t, u[:n], per_sample(t, x_t))
+        f_prev = denoised_from_velocity(x_prev, u[n:2 * n], per_sample(t_prev, x_prev))
+        consistency = mean_square(f_t, target).mean()
+        hr = (mean_square(f_t, x0) + mean_square(f_prev, x0)).mean()
+        loss = consistency + self.hr_weight * hr
+        logs = {"consistency": consistency.item(), "hr": hr.item()}
+        if self.flow_weight > 0:
+            flow = mean_square(u[2 * n:], x1 - x0).mean()
+            loss = loss + self.flow_weight * flow
+            logs["flow"] = flow.item()
+        return loss, logs
+
+
+OBJECTIVES = {cls.name: cls for cls in (FlowMatching, Shortcut, Lagrangian, Eulerian, MeanFlow,
+                                        FlowSRConsistency)}
 
 
 def make_objective(name: str, **options):

@@ -15,7 +15,6 @@ Run it unchanged on several processes with ``accelerate launch --num_processes N
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -98,18 +97,24 @@ class Trainer:
             raise ValueError(f"metadata keys {clash} are written by the trainer; rename them")
         self.output_dir = Path(config.output_dir)
 
+        # Without a GPU accelerate only sets up multi-process (gloo) training when told cpu=True.
+        cpu = config.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
         precision = config.mixed_precision
         if precision == "auto":
-            cuda = torch.cuda.is_available() and not config.cpu
-            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-        self.accelerator = Accelerator(mixed_precision=precision, cpu=config.cpu,
+            precision = "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
         torch.manual_seed(config.seed)  # same initial state everywhere (DDP also broadcasts rank 0's)
 
         self.ema_net = make_ema(net).to(self.accelerator.device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=tuple(config.betas),
                                       weight_decay=config.weight_decay)
-        self.net, self.optimizer = self.accelerator.prepare(net, optimizer)
+        # The net is not wrapped in DistributedDataParallel: DDP's forward cannot run inside
+        # torch.func.jvp (MeanFlow, Lagrangian, Eulerian), so the trainer makes the processes
+        # start equal (`_broadcast_state`) and averages gradients itself (`_average_gradients`).
+        self.net = net.to(self.accelerator.device)
+        self.optimizer = self.accelerator.prepare(optimizer)
+        self._broadcast_state()
         self.batches = batches
         if isinstance(batches, torch.utils.data.DataLoader):
             self.batches = self.accelerator.prepare(batches)
@@ -130,11 +135,46 @@ class Trainer:
 
     @property
     def unwrapped_net(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.net)
+        """The trained network (kept for symmetry with accelerate; the net is never wrapped)."""
+        return self.net
 
     @property
     def is_main_process(self) -> bool:
         return self.accelerator.is_main_process
+
+    # ---------------------------------------------------------------- processes
+
+    def _broadcast_state(self) -> None:
+        """Every process starts from rank 0's weights and buffers (EMA included)."""
+        if self.accelerator.num_processes == 1:
+            return
+        with torch.no_grad():
+            for module in (self.net, self.ema_net):
+                for tensor in [*module.parameters(), *module.buffers()]:
+                    torch.distributed.broadcast(tensor.data, src=0)
+
+    def _average_gradients(self, bucket_elements: int = 1 << 24) -> None:
+        """All-reduce the gradients to their mean over processes, in flat buckets."""
+        world = self.accelerator.num_processes
+        if world == 1:
+            return
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        for p in params:  # a parameter unused on one rank must still take part in the reduction
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        bucket, size = [], 0
+        for i, p in enumerate(params):
+            bucket.append(p.grad)
+            size += p.grad.numel()
+            if size >= bucket_elements or i == len(params) - 1:
+                flat = torch.cat([g.reshape(-1) for g in bucket])
+                torch.distributed.all_reduce(flat)
+                flat /= world
+                offset = 0
+                for g in bucket:
+                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
+                    offset += g.numel()
+                bucket, size = [], 0
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -251,12 +291,11 @@ class Trainer:
                 seed = _step_seed(config.seed, rank, self.step * config.grad_accumulation + micro)
                 self.generator.manual_seed(seed)
                 torch.manual_seed(seed)  # dropout and other global draws resume exactly too
-                last = micro == config.grad_accumulation - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(self.net):
-                    loss, logs, batch_size = self._micro_step(None if synthetic else next(stream))
-                    accelerator.backward(loss / config.grad_accumulation)
+                loss, logs, batch_size = self._micro_step(None if synthetic else next(stream))
+                accelerator.backward(loss / config.grad_accumulation)
                 total += loss.detach() / config.grad_accumulation
                 samples += batch_size * accelerator.num_processes
+            self._average_gradients()
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(self.net.parameters(), config.max_grad_norm)
             self.optimizer.step()
