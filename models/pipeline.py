@@ -12,17 +12,18 @@ from __future__ import annotations
 import torch
 
 from ..samplers.flow_map import denoised_from_velocity, shifted_times
+from ..samplers.guidance import guided_denoiser
 from ..samplers.sampling import sample_flow_map, target_of
 from ..samplers.start import start_point
-from .degrade import bicubic_upscale
+from .degrade import bicubic_downscale, bicubic_upscale
 
 START_MODE = "lr"
 
 
-def flow_map_denoiser(net, cond: torch.Tensor):
-    """A k-diffusion-style model(x, sigma, model_options) -> pseudo-x0 around net(x, t, s, cond)."""
+def flow_map_denoiser(net):
+    """denoise(x, sigma, cond, model_options) -> pseudo-x0 around net(x, t, s, cond)."""
 
-    def denoiser(x, sigma, model_options=None, **_):
+    def denoiser(x, sigma, cond, model_options=None, **_):
         target = target_of((model_options or {}).get("transformer_options", {}))
         if target is None:
             raise ValueError("the flow-map denoiser needs the jump's target time from the sampler "
@@ -33,6 +34,24 @@ def flow_map_denoiser(net, cond: torch.Tensor):
         return denoised_from_velocity(x, u, t.view(-1, 1, 1, 1))
 
     return denoiser
+
+
+def negative_condition(cond: torch.Tensor) -> torch.Tensor:
+    """The default model's "negative prompt": its condition blurred further (through a 2x
+    coarser LR), so guidance w > 1 steers away from what a blurrier input would give."""
+    height, width = cond.shape[-2:]
+    coarse = bicubic_downscale(cond[..., : height // 2 * 2, : width // 2 * 2], 2)
+    blurred = bicubic_upscale(coarse, 2)
+    return torch.nn.functional.pad(blurred, (0, width - blurred.shape[-1], 0, height - blurred.shape[-2]),
+                                   mode="replicate")
+
+
+def sr_model(net, cond: torch.Tensor, guidance: float = 1.0):
+    """The k-diffusion model the sampler runs: guided when guidance != 1 (one batched forward)."""
+    denoise = flow_map_denoiser(net)
+    if guidance == 1.0:
+        return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
+    return guided_denoiser(denoise, cond, negative_condition(cond), guidance)
 
 
 def _check(image: torch.Tensor, scale: int, steps: int) -> None:
@@ -49,11 +68,12 @@ def _check(image: torch.Tensor, scale: int, steps: int) -> None:
 
 @torch.no_grad()
 def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float = 0.0, seed: int = 0,
-            shift: float = 1.0) -> torch.Tensor:
+            shift: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
     """[B, C, H, W] in [0, 1] -> [B, C, H*scale, W*scale] in [0, 1] with `steps` network calls.
 
     Greyscale is expanded to RGB for the network and averaged back; alpha is upscaled by
-    bicubic and carried through. gamma > 0 re-noises between steps (seeded by `seed`).
+    bicubic and carried through. gamma > 0 re-noises between steps (seeded by `seed`);
+    guidance w != 1 mixes in the `negative_condition` branch.
     """
     _check(image, scale, steps)
     channels = image.shape[1]
@@ -63,7 +83,7 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
     cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
     x = start_point(START_MODE, cond, torch.zeros_like(cond), 1.0)
     extra_args = {"model_options": {}, "seed": seed}
-    x = sample_flow_map(flow_map_denoiser(net, cond), x, shifted_times(steps, 1.0, shift).to(device),
+    x = sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(device),
                         extra_args, disable=True, family=net.family, gamma=gamma)
     out = ((x + 1) / 2).clamp(0, 1).to(device=image.device, dtype=image.dtype)
     if channels == 1:
