@@ -1,0 +1,251 @@
+"""The extension's nodes on native ComfyUI models, in a real ComfyUI imported in-process.
+
+Tiny randomly initialised FLUX, SD3 and SD2 (eps and v) models built from ComfyUI's own classes
+(tests/tiny_models.py) run through SamplerCustomAdvanced with the extension's SAMPLER, SIGMAS,
+GUIDER and conditioning nodes, and through the one-click node; the two must agree exactly.
+Network calls are counted and their inputs recorded through ComfyUI's own model wrapper hook.
+"""
+
+import math
+import sys
+
+import pytest
+import torch
+
+import tiny_models
+
+pytestmark = pytest.mark.host
+
+FLOW_FAMILIES = ("flux", "sd3")
+ALL_FAMILIES = ("flux", "sd3", "sd2", "sd2_v")
+LR_H, LR_W, SCALE = 12, 17, 2  # odd on purpose: the output must still be exactly x2
+
+
+def start_for(family):
+    """(start mode, t_start) valid for the family: eps/v models start from the noised LR."""
+    return ("lr", 1.0) if family in FLOW_FAMILIES else ("noised_lr", 0.6)
+
+
+@pytest.fixture(scope="module")
+def ext(comfy_host):
+    """The extension's node modules as ComfyUI loaded them."""
+    upscale_cls = comfy_host.extension_nodes["OneStepSR_Upscale"]
+    package = upscale_cls.__module__.rsplit(".nodes.", 1)[0]
+    return {name: sys.modules[f"{package}.nodes.{name}"]
+            for name in ("upscale_node", "sampling_nodes", "image_nodes", "comfy_glue", "default_model_node")}
+
+
+def lr_image(seed=0, height=LR_H, width=LR_W, channels=3):
+    return torch.rand(1, height, width, channels, generator=torch.Generator().manual_seed(seed))
+
+
+class CallLog:
+    """A ComfyUI unet function wrapper that records every network call (input, sigma, batch)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, apply_model, args):
+        self.calls.append({"x": args["input"].clone(), "sigma": float(args["timestep"].max()),
+                           "batch": args["input"].shape[0]})
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def logged_model(family):
+    model = tiny_models.build_model(family).clone()
+    log = CallLog()
+    model.set_model_unet_function_wrapper(log)
+    return model, log
+
+
+def one_click(ext, model, kind, image=None, steps=1, guidance=1.0, seed=0, **overrides):
+    """The one-click node's function on a tiny model of `kind`; keyword overrides win."""
+    start_mode, t_start = start_for(kind)
+    args = dict(model=model, vae=tiny_models.build_vae(tiny_models.FAMILIES[kind]["latent_channels"]),
+                image=lr_image() if image is None else image, scale_by=float(SCALE), steps=steps, family="auto",
+                start_mode=start_mode, t_start=t_start, shift=1.0, gamma=0.0, bridge_scale=1.0, guidance=guidance,
+                seed=seed, positive=tiny_models.conditioning(kind), negative=tiny_models.conditioning(kind, seed=1))
+    args.update(overrides)
+    return ext["upscale_node"].upscale(**args)
+
+
+def graph_prompt(comfy_host, family, steps, guidance, seed=0):
+    """SamplerCustomAdvanced fed by the extension's graph blocks, as the shipped workflows wire them."""
+    start_mode, t_start = start_for(family)
+    g = comfy_host.graph()
+    if family in tiny_models.MODEL_FILES:
+        model = g.node("UNETLoader", unet_name=tiny_models.MODEL_FILES[family], weight_dtype="default")
+    else:
+        model = g.node("TinyModel", family=family)
+    vae = g.node("VAELoader", vae_name=tiny_models.VAE_FILES[tiny_models.FAMILIES[family]["latent_channels"]])
+    image = g.node("EmptyImage", width=LR_W, height=LR_H, batch_size=1, color=0x3366CC)
+    pos = g.node("TinyConditioning", family=family, seed=0)
+    neg = g.node("TinyConditioning", family=family, seed=1)
+    cond = g.node("OneStepSR_Conditioning", image=image.out(0), vae=vae.out(0), scale_by=float(SCALE), width=0,
+                  height=0, upscale_method="bicubic", lr_as_reference=False, vae_tile_size=1024,
+                  positive=pos.out(0), negative=neg.out(0))
+    sigmas = g.node("OneStepSR_Schedule", model=model.out(0), steps=steps, t_start=t_start, shift=1.0)
+    sampler = g.node("OneStepSR_FlowMapSampler", family="auto", start_mode=start_mode, gamma=0.0, bridge_scale=1.0)
+    guider = g.node("OneStepSR_Guider", model=model.out(0), positive=cond.out(0), negative=cond.out(1),
+                    scale=guidance, start_t=1.0, end_t=0.0)
+    noise = g.node("RandomNoise", noise_seed=seed)
+    sampled = g.node("SamplerCustomAdvanced", noise=noise.out(0), guider=guider.out(0), sampler=sampler.out(0),
+                     sigmas=sigmas.out(0), latent_image=cond.out(2))
+    decoded = g.node("OneStepSR_Decode", samples=sampled.out(0), vae=vae.out(0), vae_tile_size=1024)
+    g.node("PreviewImage", images=decoded.out(0))
+    return g.finalize(), decoded.id
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_graph_form_runs_through_sampler_custom_advanced(comfy_host, family):
+    prompt, decoded = graph_prompt(comfy_host, family, steps=2, guidance=2.0)
+    run = comfy_host.run_prompt(prompt).check()
+    image = run.output(decoded)
+    assert image.shape == (1, SCALE * LR_H, SCALE * LR_W, 3)
+    assert torch.isfinite(image).all()
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_one_click_equals_the_graph_form(comfy_host, ext, family):
+    prompt, decoded = graph_prompt(comfy_host, family, steps=2, guidance=2.0, seed=5)
+    graph_image = comfy_host.run_prompt(prompt).check().output(decoded)
+    image = torch.zeros(1, LR_H, LR_W, 3)
+    image[..., 0], image[..., 1], image[..., 2] = 0x33 / 255, 0x66 / 255, 0xCC / 255  # EmptyImage's colour
+    model = tiny_models.build_model(family)
+    out = one_click(ext, model, family, image, steps=2, guidance=2.0, seed=5)
+    assert out.shape == graph_image.shape
+    assert (out - graph_image).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", FLOW_FAMILIES)
+def test_lr_start_feeds_the_lr_latent_unnoised(ext, family):
+    model, log = logged_model(family)
+    image = lr_image()
+    one_click(ext, model, family, image, steps=1)
+    vae = tiny_models.build_vae(tiny_models.FAMILIES[family]["latent_channels"])
+    latent = ext["image_nodes"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"]
+    expected = model.model.process_latent_in(latent)
+    assert log.calls[0]["sigma"] == 1.0
+    assert torch.allclose(log.calls[0]["x"], expected, atol=1e-5)
+
+
+def test_noised_lr_start_on_an_eps_model_is_comfyuis_img2img_point(ext):
+    model, log = logged_model("sd2")
+    image = lr_image()
+    one_click(ext, model, "sd2", image, steps=1, seed=3)
+    vae = tiny_models.build_vae(4)
+    import comfy.sample
+    latent = model.model.process_latent_in(ext["image_nodes"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"])
+    sigma = log.calls[0]["sigma"]
+    noise = comfy.sample.prepare_noise(latent, 3)
+    # ComfyUI's eps scaling: x = latent + sigma * noise, then the model sees it through calculate_input
+    assert sigma == pytest.approx(float(model.model.model_sampling.percent_to_sigma(0.4)), rel=1e-5)
+    expected_x = (latent + sigma * noise)
+    assert torch.allclose(log.calls[0]["x"], expected_x, atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance, batches", [(1.0, [1, 1, 1]), (2.5, [2, 2, 2])])
+def test_guidance_costs_one_batched_call_per_step(ext, guidance, batches):
+    model, log = logged_model("sd3")
+    one_click(ext, model, "sd3", lr_image(), steps=3, guidance=guidance)
+    assert [call["batch"] for call in log.calls] == batches
+
+
+def test_guidance_scale_one_equals_positive_only_and_zero_equals_negative(ext):
+    image = lr_image(1)
+    positive_only = one_click(ext, tiny_models.build_model("sd3"), "sd3", image, steps=2, guidance=1.0)
+    negative_as_positive = one_click(ext, tiny_models.build_model("sd3"), "sd3", image, steps=2, guidance=1.0,
+                                     positive=tiny_models.conditioning("sd3", seed=1))
+    w0 = one_click(ext, tiny_models.build_model("sd3"), "sd3", image, steps=2, guidance=0.0)
+    assert (w0 - negative_as_positive).abs().max() <= 1e-5
+    assert (positive_only - negative_as_positive).abs().max() > 1e-3  # the two prompts do differ
+
+
+def test_guidance_interval_switches_guidance_off_outside(ext):
+    model, log = logged_model("sd3")
+    guider = ext["sampling_nodes"].flow_map_guider(model, tiny_models.conditioning("sd3"),
+                                                   tiny_models.conditioning("sd3", seed=1), 3.0, t_lo=0.0, t_hi=0.5)
+    sampler = ext["comfy_glue"].ksampler(ext["sampling_nodes"].sample_flow_map, "lr", gamma=0.0)
+    sigmas = ext["sampling_nodes"].flow_map_sigmas(model, 4, 1.0, 1.0)  # 1, .75, .5, .25, 0
+    latent = torch.randn(1, 16, 4, 4)
+    guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=0)
+    assert [call["batch"] for call in log.calls] == [1, 1, 2, 2]
+
+
+def test_sigmas_follow_the_model(comfy_host, ext):
+    schedule = ext["sampling_nodes"].flow_map_sigmas
+    flow = schedule(tiny_models.build_model("sd3"), 4, 1.0, 1.0)
+    assert torch.allclose(flow, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    eps_model = tiny_models.build_model("sd2")
+    eps = schedule(eps_model, 2, 1.0, 1.0)
+    assert eps[0] == pytest.approx(float(eps_model.model.model_sampling.sigma_max), rel=1e-5)
+    assert eps[-1] == 0.0 and eps[0] > eps[1] > 0
+
+
+def test_decode_crops_to_the_exact_size_and_keeps_alpha(ext):
+    vae = tiny_models.build_vae(16)
+    image = lr_image(channels=4)
+    image[..., 3] = 0.25
+    latent = ext["image_nodes"].encode_lr(vae, image, 3 * LR_W, 3 * LR_H)
+    assert latent["samples"].shape[-2:] == (-(-3 * LR_H // 8), -(-3 * LR_W // 8))
+    out = ext["image_nodes"].decode_sr(vae, latent)
+    assert out.shape == (1, 3 * LR_H, 3 * LR_W, 4)
+    assert torch.allclose(out[..., 3], torch.full_like(out[..., 3], 0.25), atol=1e-3)
+
+
+def test_tiled_sampling_is_seamless(ext):
+    """Blended 128 px tiles (16 latent cells, 64 px overlap) against one whole-latent pass."""
+    image = lr_image(2, 96, 128)  # a 24 x 32 latent at x2
+    whole = one_click(ext, tiny_models.build_model("sd2"), "sd2", image, steps=1, tile_size=0, t_start=0.3)
+    assert whole.shape == (1, 192, 256, 3)
+    model, log = logged_model("sd2")
+    tiled = one_click(ext, model, "sd2", image, steps=1, tile_size=128, t_start=0.3)
+    assert len(log.calls) > 1 and max(max(call["x"].shape[-2:]) for call in log.calls) <= 16
+    psnr = -10 * math.log10(float(((tiled - whole) ** 2).mean()))
+    assert psnr >= 40.0  # measured 65 dB
+
+
+def test_out_of_memory_halves_the_tile_and_finishes(ext):
+    model = tiny_models.build_model("sd3").clone()
+    sizes = []
+
+    def oom_above_20_cells(apply_model, args):
+        side = max(args["input"].shape[-2:])
+        sizes.append(side)
+        if side > 20:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(oom_above_20_cells)
+    image = lr_image(4, 160, 160)  # a 40 x 40 latent at x2
+    out = one_click(ext, model, "sd3", image, steps=1, tile_size=0)
+    assert out.shape == (1, 320, 320, 3)
+    assert sizes[0] == 40 and max(sizes[1:]) <= 20  # whole latent first, then halved tiles
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(family="shortcut"), "family"),
+    (dict(start_mode="bogus"), "start_mode must be one of"),
+    (dict(image=torch.rand(1, 1, 1, 3)), "needs at least"),
+    (dict(positive=None), "positive"),
+    (dict(guidance=2.0, negative=None), "negative"),
+    (dict(tile_size=32), "tile_size"),
+])
+def test_bad_inputs_raise_clear_errors(ext, bad, message):
+    with pytest.raises(ValueError, match=message):
+        one_click(ext, tiny_models.build_model("sd3"), "sd3", **bad)
+
+
+def test_lr_start_on_an_eps_model_is_refused_with_the_fix(ext):
+    with pytest.raises(ValueError, match="flow-matching MODEL"):
+        one_click(ext, tiny_models.build_model("sd2"), "sd2", start_mode="lr", t_start=1.0)
+
+
+def test_steps_below_one_fail_validation(comfy_host):
+    prompt, _ = graph_prompt(comfy_host, "sd3", steps=1, guidance=1.0)
+    for node in prompt.values():
+        if node["class_type"] == "OneStepSR_Schedule":
+            node["inputs"]["steps"] = 0
+    run = comfy_host.run_prompt(prompt)
+    assert not run.valid
+    assert "steps" in run.failure()
