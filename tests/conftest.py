@@ -1,0 +1,44 @@
+"""Fixtures that run the extension inside a real ComfyUI 0.3.75 host (see tests/comfy_host.py).
+
+comfy_host   (session) ComfyUI imported in this process, the extension and tests/tiny_models.py loaded,
+             tiny model files written; .run_prompt(prompt) validates and executes an API prompt.
+comfy_server (session) a real `python main.py --cpu` on 127.0.0.1 sharing comfy_host's tiny model files.
+
+Without a host these tests skip, unless $ONESTEP_SR_COMFYUI is set (scripts/run_tests.sh sets it): then a
+missing host is an error, so CI cannot pass by skipping.
+"""
+
+import os
+
+import pytest
+
+import comfy_host as host_lib
+
+
+@pytest.fixture(scope="session")
+def comfy_dir():
+    path = host_lib.host_dir()
+    if not (path / "main.py").is_file():
+        message = f"no ComfyUI host at {path}; run `bash scripts/setup_host.sh` (or `bash scripts/run_tests.sh`)"
+        if os.environ.get(host_lib.HOST_ENV):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def comfy_host(comfy_dir, tmp_path_factory):
+    import tiny_models
+
+    base = host_lib.prepare_base_dir(tmp_path_factory.mktemp("comfy-inprocess"))
+    host = host_lib.InProcessHost(comfy_dir, base)
+    tiny_models.write_model_files(base / "models")
+    return host
+
+
+@pytest.fixture(scope="session")
+def comfy_server(comfy_host, tmp_path_factory):
+    base = host_lib.prepare_base_dir(tmp_path_factory.mktemp("comfy-server"), models_dir=comfy_host.base / "models")
+    server = host_lib.ComfyServer(comfy_host.dir, base)
+    yield server
+    server.stop()
