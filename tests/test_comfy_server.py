@@ -1,0 +1,101 @@
+"""The extension in a real ComfyUI 0.3.75 server (`python main.py --cpu` on 127.0.0.1; issue 2, layer 3).
+
+The server loads the checkout through custom_nodes/onestep-sr, exactly as a user's install does, plus
+tests/tiny_models.py for tiny models and conditioning; prompts travel over HTTP as the frontend sends them.
+"""
+
+import io
+import json
+
+import numpy
+import pytest
+from PIL import Image
+
+import comfy_host as host_lib
+
+pytestmark = pytest.mark.server
+
+LR_SIZE = (40, 48)  # width, height of the low-resolution test image
+
+
+def _input_types(server):
+    return lambda class_type: server.object_info[class_type]["input"]
+
+
+def _write_lr_image(server, name="lr.png"):
+    pixels = (numpy.random.default_rng(0).random((LR_SIZE[1], LR_SIZE[0], 3)) * 255).astype(numpy.uint8)
+    Image.fromarray(pixels).save(server.base / "input" / name)
+    return name
+
+
+def _history_error(entry):
+    for event, data in entry["status"]["messages"]:
+        if event == "execution_error":
+            return data
+    return None
+
+
+def test_object_info_lists_every_extension_node(comfy_server, comfy_host):
+    assert comfy_host.extension_nodes, "the extension registers no nodes"
+    missing = sorted(set(comfy_host.extension_nodes) - set(comfy_server.object_info))
+    assert not missing, f"the server does not list {missing}:\n{comfy_server.log_tail()}"
+    for name, node_class in comfy_host.extension_nodes.items():
+        info = comfy_server.object_info[name]
+        assert info["python_module"] == f"custom_nodes.{host_lib.EXTENSION_LINK}", info["python_module"]
+        assert info["category"] == node_class.CATEGORY
+        assert info["output"] == list(node_class.RETURN_TYPES)
+        assert info["display_name"] == comfy_host.nodes.NODE_DISPLAY_NAME_MAPPINGS.get(name, name)
+        assert info["input_order"]["required"] == list(node_class.INPUT_TYPES()["required"])
+
+
+def test_workflow_templates_serve_the_shipped_workflows(comfy_server):
+    shipped = host_lib.workflow_files()
+    assert shipped, f"no workflows in {host_lib.WORKFLOWS}"
+    templates = comfy_server.get_json("/api/workflow_templates")
+    assert sorted(templates.get(host_lib.EXTENSION_LINK, [])) == sorted(path.stem for path in shipped), templates
+    for path in shipped:
+        served = comfy_server.get_json(f"/api/workflow_templates/{host_lib.EXTENSION_LINK}/{path.name}")
+        assert served == json.loads(path.read_text()), path.name
+
+
+def _upscale(server, scale_by, **changes):
+    prompt, upscale_id, save_id = host_lib.build_upscale_prompt(
+        host_lib.new_graph(), _input_types(server), _write_lr_image(server), scale_by)
+    prompt[upscale_id]["inputs"].update(changes)
+    return prompt, upscale_id, save_id
+
+
+def test_upscale_prompt_returns_an_image_of_the_requested_size(comfy_server):
+    prompt, _, save_id = _upscale(comfy_server, 2.0)
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(prompt))
+    assert entry["status"]["status_str"] == "success", _history_error(entry) or comfy_server.log_tail()
+    [saved] = entry["outputs"][save_id]["images"]
+    image = Image.open(io.BytesIO(comfy_server.view(saved)))
+    assert image.size == (2 * LR_SIZE[0], 2 * LR_SIZE[1])
+
+
+def test_invalid_value_gets_a_node_error_and_the_server_keeps_working(comfy_server):
+    prompt, upscale_id, save_id = _upscale(comfy_server, 1000.0)  # above scale_by's maximum
+    with pytest.raises(host_lib.ServerError) as rejected:
+        comfy_server.queue_prompt(prompt)
+    assert rejected.value.status == 400
+    node_errors = json.loads(rejected.value.body)["node_errors"]
+    assert upscale_id in node_errors, node_errors
+    assert any(error["extra_info"].get("input_name") == "scale_by" for error in node_errors[upscale_id]["errors"])
+
+    good, _, good_save = _upscale(comfy_server, 2.0, seed=1)
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(good))
+    assert entry["status"]["status_str"] == "success", _history_error(entry)
+    assert entry["outputs"][good_save]["images"]
+
+
+def test_failing_node_reports_its_error_and_the_server_keeps_working(comfy_server):
+    prompt, upscale_id, _ = _upscale(comfy_server, 2.0, tile_size=8)  # valid range, but below the smallest tile
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(prompt))
+    assert entry["status"]["status_str"] == "error"
+    error = _history_error(entry)
+    assert error["node_id"] == upscale_id and "tile_size" in error["exception_message"], error
+
+    good, _, good_save = _upscale(comfy_server, 2.0, seed=2)
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(good))
+    assert entry["status"]["status_str"] == "success", _history_error(entry)
