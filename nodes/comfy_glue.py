@@ -77,8 +77,7 @@ def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str 
     rebuilt from those two, so every start mode works with stock noise and latent nodes.
     family None samples with the model's own family.
     """
-    if start_mode not in START_MODES:
-        raise ValueError(f"start_mode must be one of {START_MODES}, got {start_mode!r}")
+    check_start_mode(start_mode, "flow")  # a bad name fails when the SAMPLER is made, not mid-run
 
     def sampler_function(model, x, sigmas, extra_args=None, callback=None, disable=None):
         guider = model.inner_model

@@ -8,16 +8,14 @@ import comfy.utils
 import node_helpers
 import torch
 
-from ..processing import (COLOUR_METHODS, bchw_to_bhwc, bhwc_to_bchw, check_image, colour_correct,
+from ..processing import (bchw_to_bhwc, bhwc_to_bchw, check_image, colour_correct,
                           finish_image, prepare_image, split_alpha)
 from ..samplers import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
 from .comfy_glue import empty_conditioning
+from .inputs import COLOUR_METHOD, SCALE_BY, UPSCALE_METHOD, VAE_TILE_SIZE
 
 CATEGORY = "OneStep SR"
 SIZE_KEY = "onestep_sr_size"  # the PreparedImage (sans pixels) decode needs to undo the padding
-UPSCALE_METHODS = ["bicubic", "lanczos", "bilinear", "area", "nearest-exact"]
-VAE_TILE_TIP = ("Images larger than this many pixels on a side are encoded/decoded with ComfyUI's "
-                "tiled VAE (saves memory on big outputs); 0 = never tile.")
 
 
 def target_size(image: torch.Tensor, scale_by: float, width: int, height: int) -> tuple[int, int]:
@@ -98,19 +96,17 @@ class OneStepSRConditioning:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The low-resolution image (batches, greyscale and alpha are fine)."}),
             "vae": ("VAE", {"tooltip": "The VAE of the diffusion model."}),
-            "scale_by": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 16.0, "step": 0.5,
-                                   "tooltip": "Upscale factor (x2, x4, x8 ...); ignored where width/height are set."}),
+            "scale_by": SCALE_BY,
             "width": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 1,
                               "tooltip": "Exact output width in pixels; 0 = input width x scale_by."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 1,
                                "tooltip": "Exact output height in pixels; 0 = input height x scale_by."}),
-            "upscale_method": (UPSCALE_METHODS, {"default": "bicubic",
-                                                 "tooltip": "How the LR image is enlarged before encoding."}),
+            "upscale_method": UPSCALE_METHOD,
             "lr_as_reference": ("BOOLEAN", {"default": False,
                                             "tooltip": "Also append the LR latent to the conditioning as a "
                                                        "reference latent (for start mode 'noise' on models that "
                                                        "read reference latents)."}),
-            "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
+            "vae_tile_size": VAE_TILE_SIZE,
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "Positive conditioning to pass through (and extend); "
                                                      "left empty, an empty conditioning for text-free models."}),
@@ -141,7 +137,7 @@ class OneStepSRDecode:
         return {"required": {
             "samples": ("LATENT", {"tooltip": "The sampled SR latent."}),
             "vae": ("VAE", {"tooltip": "The VAE that encoded the LR image."}),
-            "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
+            "vae_tile_size": VAE_TILE_SIZE,
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -160,10 +156,7 @@ class OneStepSRColourFix:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The SR output whose colours drifted."}),
             "reference": ("IMAGE", {"tooltip": "The LR input whose colours are right (any size, same aspect)."}),
-            "method": (list(COLOUR_METHODS), {"default": "wavelet",
-                                              "tooltip": "wavelet: take the reference's low frequencies, keep the "
-                                                         "output's detail; adain: match per-channel mean/std; lab: the "
-                                                         "same in CIELAB."}),
+            "method": COLOUR_METHOD,
         }}
 
     RETURN_TYPES = ("IMAGE",)

@@ -5,21 +5,11 @@ from __future__ import annotations
 import comfy.samplers
 import torch
 
-from ..samplers import (FAMILIES, START_MODES, sample_consistency, sample_flow_map, scale_at,
-                        shifted_times)
+from ..samplers import sample_consistency, sample_flow_map, scale_at, shifted_times
 from .comfy_glue import family_choice, ksampler, sigma_of_time
+from .inputs import BRIDGE_SCALE, FAMILY, GAMMA, GUIDANCE, SHIFT, START_MODE, STEPS, T_START
 
 CATEGORY = "OneStep SR/sampling"
-
-FAMILY_CHOICES = ["auto", *FAMILIES]
-FAMILY_TIP = ("How the MODEL takes the jump's two times: auto = the model's own; plain = t only (flow-matching or one-step "
-              "LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow "
-              "maps, dual_branch = t on noise tokens, s on condition tokens.")
-START_TIP = ("Where sampling starts: lr = the LR latent at t = 1 (FlowSR); lr_at_T = the LR latent at "
-             "the schedule's start time (FluxSR); noise = pure noise, LR as condition; noised_lr = LR "
-             "latent noised to the start time (img2img); bridge = LR latent plus bridge noise.")
-BRIDGE_TIP = "Bridge noise scale b in z_lr + b * sqrt(t (1 - t)) * noise (start mode 'bridge' only)."
-
 
 def flow_map_sigmas(model_patcher, steps: int, t_start: float, shift: float) -> torch.Tensor:
     """The schedule in the MODEL's own sigmas: steps + 1 times from t_start to 0."""
@@ -68,13 +58,9 @@ class OneStepSRSchedule:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The model the schedule is for (its sigmas are used)."}),
-            "steps": ("INT", {"default": 1, "min": 1, "max": 1000,
-                              "tooltip": "Number of jumps (network evaluations). 1 = one-step SR."}),
-            "t_start": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1.0, "step": 0.001,
-                                  "tooltip": "Start time: 1 for start modes lr/noise; T for lr_at_T; "
-                                             "the noise level for noised_lr/bridge."}),
-            "shift": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 100.0, "step": 0.01,
-                                "tooltip": "FLUX/SD3 time shift; > 1 spends more steps near the start."}),
+            "steps": STEPS,
+            "t_start": T_START,
+            "shift": SHIFT,
         }}
 
     RETURN_TYPES = ("SIGMAS",)
@@ -90,13 +76,10 @@ class OneStepSRFlowMapSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TIP}),
-            "start_mode": (list(START_MODES), {"default": "lr", "tooltip": START_TIP}),
-            "gamma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                "tooltip": "0 = deterministic chain of jumps; > 0 jumps to 0 and re-noises "
-                                           "with this fraction of fresh noise; 1 = consistency-style."}),
-            "bridge_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": BRIDGE_TIP}),
+            "family": FAMILY,
+            "start_mode": START_MODE,
+            "gamma": GAMMA,
+            "bridge_scale": BRIDGE_SCALE,
         }}
 
     RETURN_TYPES = ("SAMPLER",)
@@ -112,9 +95,8 @@ class OneStepSRConsistencySampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "start_mode": (list(START_MODES), {"default": "lr", "tooltip": START_TIP}),
-            "bridge_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01,
-                                       "tooltip": BRIDGE_TIP}),
+            "start_mode": START_MODE,
+            "bridge_scale": BRIDGE_SCALE,
         }}
 
     RETURN_TYPES = ("SAMPLER",)
@@ -134,9 +116,7 @@ class OneStepSRGuider:
             "model": ("MODEL", {"tooltip": "The (SR-adapted) diffusion model."}),
             "positive": ("CONDITIONING", {"tooltip": "What the HR image should be (e.g. sharp, detailed)."}),
             "negative": ("CONDITIONING", {"tooltip": "What to steer away from (blur, artifacts)."}),
-            "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.05,
-                                "tooltip": "Guidance weight w: 1 = positive only (one network evaluation "
-                                           "per step), 0 = negative only, > 1 = stronger guidance."}),
+            "scale": GUIDANCE,
             "start_t": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                   "tooltip": "Guidance is on for times t in [end_t, start_t] (t = 1 source)."}),
             "end_t": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,

@@ -9,13 +9,13 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..processing import COLOUR_METHODS, auto_tile_size, default_overlap, tiled_apply
-from ..samplers import START_MODES, sample_flow_map
+from ..processing import auto_tile_size, default_overlap, tiled_apply
+from ..samplers import sample_flow_map
 from .comfy_glue import empty_conditioning, family_choice, ksampler, model_info
-from .image_nodes import (UPSCALE_METHODS, VAE_TILE_TIP, colour_fix_image, decode_sr, encode_lr, target_size,
-                          vae_stride)
-from .sampling_nodes import (BRIDGE_TIP, FAMILY_CHOICES, FAMILY_TIP, START_TIP, flow_map_guider,
-                             flow_map_sigmas)
+from .image_nodes import colour_fix_image, decode_sr, encode_lr, target_size, vae_stride
+from .inputs import (BRIDGE_SCALE, COLOUR_METHOD, FAMILY, GAMMA, GUIDANCE, SCALE_BY, SHIFT, START_MODE, STEPS,
+                     T_START, UPSCALE_METHOD, VAE_TILE_SIZE)
+from .sampling_nodes import flow_map_guider, flow_map_sigmas
 
 # Latent side used to ask ComfyUI's model for its memory estimate per latent cell.
 PROBE_SIDE = 64
@@ -84,31 +84,23 @@ class OneStepSRUpscale:
                                            "the OneStep SR default model."}),
             "vae": ("VAE", {"tooltip": "The model's VAE."}),
             "image": ("IMAGE", {"tooltip": "The low-resolution image."}),
-            "scale_by": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 16.0, "step": 0.5,
-                                   "tooltip": "Upscale factor (x2, x4, x8 ...)."}),
-            "steps": ("INT", {"default": 1, "min": 1, "max": 1000,
-                              "tooltip": "Network evaluations: 1 = one-step SR; more = any-step."}),
-            "family": (FAMILY_CHOICES, {"default": "auto", "tooltip": FAMILY_TIP}),
-            "start_mode": (list(START_MODES), {"default": "lr", "tooltip": START_TIP}),
-            "t_start": ("FLOAT", {"default": 1.0, "min": 0.001, "max": 1.0, "step": 0.001,
-                                  "tooltip": "Start time of the schedule (1 for lr/noise, T for lr_at_T)."}),
-            "shift": ("FLOAT", {"default": 1.0, "min": 0.01, "max": 100.0, "step": 0.01,
-                                "tooltip": "FLUX/SD3 time shift of the schedule."}),
-            "gamma": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                "tooltip": "0 = deterministic; 1 = consistency-style re-noising."}),
-            "bridge_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01, "tooltip": BRIDGE_TIP}),
-            "guidance": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.05,
-                                   "tooltip": "Positive/negative guidance weight; 1 = off (one evaluation per step)."}),
+            "scale_by": SCALE_BY,
+            "steps": STEPS,
+            "family": FAMILY,
+            "start_mode": START_MODE,
+            "t_start": T_START,
+            "shift": SHIFT,
+            "gamma": GAMMA,
+            "bridge_scale": BRIDGE_SCALE,
+            "guidance": GUIDANCE,
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Seed for the start noise (start modes noise, noised_lr, bridge; gamma > 0)."}),
-            "upscale_method": (UPSCALE_METHODS, {"default": "bicubic", "tooltip": "How the LR image is enlarged."}),
+            "upscale_method": UPSCALE_METHOD,
             "tile_size": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8,
                                   "tooltip": "Sample in tiles of this many output pixels (blended, >= 64 px "
                                              "overlap); 0 = as large as free memory allows. Halved on out-of-memory."}),
-            "vae_tile_size": ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "tooltip": VAE_TILE_TIP}),
-            "colour_fix": (list(COLOUR_METHODS), {"default": "none",
-                                                  "tooltip": "Match the output's colours to the LR image "
-                                                             "(wavelet keeps detail; adain/lab match statistics)."}),
+            "vae_tile_size": VAE_TILE_SIZE,
+            "colour_fix": (COLOUR_METHOD[0], {**COLOUR_METHOD[1], "default": "none"}),
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "Positive SR prompt (required by text-conditioned models)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative SR prompt (needed when guidance != 1)."}),

@@ -1,0 +1,331 @@
+"""SR adapters in ComfyUI: 'Load SR Adapter' applies released SR LoRA files to a MODEL (and VAE);
+'Train SR LoRA' trains one adversarially (training/adversarial.py) and saves it into loras/.
+
+The file formats and the dual-branch layer maths live in training/adapter_formats.py; this module
+only maps the file's module names onto the ComfyUI model (ComfyUI's own LoRA key map, plus the
+bare module paths, diffusers UNet names and diffusers VAE names) and turns them into ModelPatcher
+weight patches (or, for dual-branch layers, object patches)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import comfy.diffusers_convert
+import comfy.lora
+import comfy.utils
+import comfy.weight_adapter
+import folder_paths
+import torch
+
+from ..training.adapter_formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, DualBranchLoRA, detect_format,
+                                        dual_branch_groups, halves_modulate, peft_alpha, peft_config_beside,
+                                        read_flowsr, read_safetensors, to_comfy_lora, with_dual_branch)
+
+CATEGORY = "OneStep SR/loaders"
+LORA_FOLDER = "loras"
+# Prefixes that training scripts put before a network's module paths.
+KNOWN_PREFIXES = ("base_model.model.", "unet.", "transformer.", "pipe.dit.", "dit.", "model.diffusion_model.",
+                  "diffusion_model.", "vae.", "first_stage_model.", "pipe.new_vae.", "model.")
+MODULATION_LAYER = ".img_mod.1"  # Qwen-Image's image-stream modulation (takes the time embedding)
+SHOWN_PROBLEMS = 12
+
+
+# ---------------------------------------------------------------- key maps
+
+
+def unet_key_map(model_patcher) -> dict:
+    """{name a LoRA file may use for a module: the model weight key (or (key, offset))}."""
+    model = model_patcher.model
+    key_map = comfy.lora.model_lora_keys_unet(model, {})
+    for key in model.state_dict():
+        if key.startswith("diffusion_model.") and key.endswith(".weight"):
+            bare = key[len("diffusion_model."):-len(".weight")]
+            key_map.setdefault(bare, key)
+            if bare.startswith("net."):  # the OneStep SR default model keeps its network at diffusion_model.net
+                key_map.setdefault(bare[len("net."):], key)
+    for diffusers, ldm in comfy.utils.unet_to_diffusers(model.model_config.unet_config).items():
+        if diffusers.endswith(".weight"):  # plain diffusers UNet module paths (peft on UNet2DConditionModel)
+            key_map.setdefault(diffusers[:-len(".weight")], f"diffusion_model.{ldm}")
+    return key_map
+
+
+def vae_key_map(vae) -> dict:
+    """Module paths of the VAE's first-stage model -> weight keys (relative to vae.patcher.model)."""
+    return {key[:-len(".weight")]: key for key in vae.patcher.model.state_dict() if key.endswith(".weight")}
+
+
+def diffusers_vae_name(module: str) -> str:
+    """A diffusers AutoencoderKL module path in ComfyUI's (ldm) VAE naming."""
+    (converted,) = comfy.diffusers_convert.convert_vae_state_dict({f"{module}.weight": torch.zeros(1, 1)})
+    return converted[:-len(".weight")]
+
+
+def _stripped(name: str) -> list[str]:
+    names = [name]
+    while True:
+        prefix = next((p for p in KNOWN_PREFIXES if names[-1].startswith(p)), None)
+        if prefix is None:
+            return names
+        names.append(names[-1][len(prefix):])
+
+
+def resolve(module: str, key_map: dict, vae: bool = False) -> str | None:
+    """The key_map name of a file's module name: as is, without known prefixes, with ComfyUI's
+    "transformer." (diffusers DiT names), or (VAE) converted from diffusers names."""
+    for name in _stripped(module):
+        candidates = [name, f"transformer.{name}"] + ([diffusers_vae_name(name)] if vae else [])
+        for candidate in candidates:
+            if candidate in key_map:
+                return candidate
+    return None
+
+
+def split_key(key: str, key_map: dict, vae: bool = False) -> tuple[str | None, str]:
+    """(key_map name, rest) for a file key: the longest leading part naming a module."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        name = resolve(".".join(parts[:end]), key_map, vae)
+        if name is not None:
+            return name, ".".join(parts[end:])
+    return None, key
+
+
+# ---------------------------------------------------------------- patches
+
+
+class AdapterReport:
+    """What an adapter did to a model: counts per target and problems named by key."""
+
+    def __init__(self, name: str, file_format: str):
+        self.name, self.format = name, file_format
+        self.applied: dict[str, int] = {}
+        self.problems: list[str] = []
+
+    def text(self) -> str:
+        lines = [f"{self.name}: format {self.format}"]
+        lines += [f"  {target}: {count} modules patched" for target, count in self.applied.items()]
+        if self.problems:
+            lines.append(f"  {len(self.problems)} problem(s):")
+            lines += [f"    {p}" for p in self.problems[:SHOWN_PROBLEMS]]
+            if len(self.problems) > SHOWN_PROBLEMS:
+                lines.append(f"    ... and {len(self.problems) - SHOWN_PROBLEMS} more")
+        return "\n".join(lines)
+
+
+def _expected_shape(weight_shape, target) -> tuple:
+    if isinstance(target, tuple):  # (key, (dim, start, length)): a slice of a fused weight
+        shape = list(weight_shape)
+        shape[target[1][0]] = target[1][2]
+        return tuple(shape)
+    return tuple(weight_shape)
+
+
+def _shape_problem(target, patch, weight_shape) -> str | None:
+    """A message when a LoRA's matrices cannot form the target weight, else None."""
+    expected = _expected_shape(weight_shape, target)
+    key = target[0] if isinstance(target, tuple) else target
+    if isinstance(patch, comfy.weight_adapter.LoRAAdapter):
+        up, down, mid = patch.weights[0], patch.weights[1], patch.weights[3]
+        if mid is not None or patch.weights[5] is not None:
+            return None  # LoCon mid / reshaped weights: ComfyUI checks these itself
+        out_features, in_features = expected[0], int(torch.Size(expected[1:]).numel())
+        if up.shape[0] != out_features or down.flatten(1).shape[1] != in_features or up.shape[1] != down.shape[0]:
+            return (f"shape mismatch at {key}: LoRA up {tuple(up.shape)} x down {tuple(down.shape)} cannot make the "
+                    f"weight {expected}")
+    elif isinstance(patch, tuple) and patch[0] in ("diff", "set") and tuple(patch[1][0].shape) != expected:
+        return f"shape mismatch at {key}: {patch[0]} tensor {tuple(patch[1][0].shape)}, weight {expected}"
+    return None
+
+
+def build_patches(tensors: dict[str, torch.Tensor], key_map: dict, weights: dict[str, torch.Size],
+                  report: AdapterReport, vae: bool = False) -> dict:
+    """ModelPatcher patches for a LoRA state dict (any key style ComfyUI or peft uses) and for full
+    weights ("<module>.weight" / ".bias" replace the module's); problems are named in `report`."""
+    lora, lora_names, patches = {}, {}, {}
+    for key, value in tensors.items():
+        name, rest = split_key(key, key_map, vae)
+        if name is None:
+            report.problems.append(f"unknown key {key}: no module of this model is named like it")
+            continue
+        target = key_map[name]
+        base = target[0] if isinstance(target, tuple) else target
+        if rest in ("weight", "base_layer.weight", "bias", "base_layer.bias"):  # a full tensor replaces the model's
+            weight_key = base if rest.endswith("weight") else base[:-len("weight")] + "bias"
+            if weight_key not in weights:
+                report.problems.append(f"unknown key {key}: the model has no {weight_key}")
+                continue
+            patches[weight_key] = ("set", (value,))
+            continue
+        lora[f"{name}.{rest}"] = value
+        lora_names.setdefault(name, []).append(key)
+    loaded = comfy.lora.load_lora(lora, {name: key_map[name] for name in lora_names}, log_missing=False)
+    for name, keys in lora_names.items():
+        if key_map[name] not in loaded:
+            report.problems.append(f"keys {keys} name {name} but are not a LoRA layout ComfyUI reads")
+    patches.update(loaded)
+    for target, patch in list(patches.items()):
+        key = target[0] if isinstance(target, tuple) else target
+        problem = _shape_problem(target, patch, weights[key])
+        if problem:
+            report.problems.append(problem)
+            del patches[target]
+    return patches
+
+
+def weight_shapes(module) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in module.state_dict().items()}
+
+
+def patched_vae(vae, patches: dict, strength: float):
+    """A VAE sharing `vae`'s first-stage model whose own patcher carries `patches`."""
+    out = copy.copy(vae)
+    out.patcher = vae.patcher.clone()
+    out.patcher.add_patches(patches, strength)
+    return out
+
+
+def dual_branch_patches(model_patcher, groups: dict, key_map: dict, strength: float, noise_scale: float,
+                        condition_scale: float, report: AdapterReport):
+    """A clone of the model whose targeted linear layers carry the dual-branch LoRAs (object patches)."""
+    out = model_patcher.clone()
+    weights = weight_shapes(model_patcher.model)
+    count = 0
+    for module, parts in groups.items():
+        name = resolve(module, key_map)
+        target = key_map.get(name) if name else None
+        if not isinstance(target, str):
+            report.problems.append(f"unknown module {module}: " + ("it is part of a fused weight, which dual-branch "
+                                                                    "LoRA cannot patch" if target else
+                                                                    "no module of this model is named like it"))
+            continue
+        out_features, in_features = weights[target][0], weights[target][1:].numel()
+        shapes = {part: tuple(t.shape) for part, t in parts.items()}
+        if any(shapes[f"lora_A{b}"][1] != in_features or shapes[f"lora_B{b}"][0] != out_features
+               or shapes[f"lora_B{b}"][1] != shapes[f"lora_A{b}"][0] for b in (1, 2)):
+            report.problems.append(f"shape mismatch at {target}: dual-branch parts {shapes}, weight "
+                                   f"{tuple(weights[target])}")
+            continue
+        path = target[:-len(".weight")]
+        lora = DualBranchLoRA(parts, strength * noise_scale, strength * condition_scale)
+        out.add_object_patch(path, with_dual_branch(model_patcher.get_model_object(path), lora))
+        if path.endswith(MODULATION_LAYER):  # its block must modulate each token half with its own row
+            block = path[:-len(MODULATION_LAYER)]
+            out.add_object_patch(f"{block}._modulate", halves_modulate(model_patcher.get_model_object(block)._modulate))
+        count += 1
+    report.applied["MODEL (dual-branch)"] = count
+    return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_sr_adapter(model, path: str, strength: float = 1.0, file_format: str = "auto", vae=None,
+                    vae_path: str | None = None, vae_strength: float = 1.0, on_problem: str = "error",
+                    noise_scale: float = 0.0, condition_scale: float = 1.0) -> tuple:
+    """(MODEL, VAE, report text) with the adapter at `path` (and the VAE adapter at `vae_path`)."""
+    tensors, metadata = read_safetensors(path)
+    detected = detect_format(tensors, metadata)
+    file_format = detected if file_format == "auto" else file_format
+    if file_format not in ADAPTER_FORMATS:
+        raise ValueError(f"format must be 'auto' or one of {ADAPTER_FORMATS}, got {file_format!r}")
+    report = AdapterReport(path.rsplit("/", 1)[-1], file_format)
+    key_map = unet_key_map(model)
+    model_weights = weight_shapes(model.model)
+    vae_tensors = {}
+    if file_format == "flowsr":
+        checkpoint = read_flowsr(tensors, metadata)
+        fields = checkpoint.fields
+        alpha = {"unet": float(fields.get("unet_lora_alpha", PEFT_DEFAULT_ALPHA)),
+                 "vae": float(fields.get("vae_lora_alpha", PEFT_DEFAULT_ALPHA))}
+        unet_tensors, adapters = to_comfy_lora(checkpoint.unet, lambda m, r: alpha["unet"])
+        vae_tensors, _ = to_comfy_lora(checkpoint.vae, lambda m, r: alpha["vae"])
+        model_tensors = unet_tensors
+    elif file_format == "dual_branch":
+        groups, others = dual_branch_groups(tensors)
+        model_tensors = {}
+        vae_tensors = {k: tensors[k] for k in others if k.startswith("pipe.new_vae.")}
+        report.problems += [f"unknown key {k}: not a dual-branch LoRA part" for k in others if k not in vae_tensors]
+        adapters = []
+    else:
+        config = peft_config_beside(path)
+        model_tensors, adapters = to_comfy_lora(tensors, lambda m, r: peft_alpha(config, m, r))
+    if len(adapters) > 1:
+        raise ValueError(f"{report.name} holds several peft adapters {adapters}; save one adapter per file")
+
+    out_model = model
+    if file_format == "dual_branch":
+        out_model = dual_branch_patches(model, groups, key_map, strength, noise_scale, condition_scale, report)
+    if model_tensors:
+        patches = build_patches(model_tensors, key_map, model_weights, report)
+        out_model = out_model.clone()
+        report.applied["MODEL"] = len(out_model.add_patches(patches, strength))
+    if vae_path:
+        extra, _ = read_safetensors(vae_path)
+        extra, _ = to_comfy_lora(extra, lambda m, r: peft_alpha(peft_config_beside(vae_path), m, r))
+        vae_tensors = {**vae_tensors, **extra}
+    out_vae = vae
+    if vae_tensors:
+        if vae is None:
+            report.problems.append(f"{report.name} carries a VAE-encoder adapter ({len(vae_tensors)} tensors): "
+                                   "connect the model's VAE to apply it")
+        else:
+            patches = build_patches(vae_tensors, vae_key_map(vae), weight_shapes(vae.patcher.model), report, vae=True)
+            out_vae = patched_vae(vae, patches, vae_strength)
+            report.applied["VAE"] = len(patches)
+    if report.problems and on_problem == "error":
+        raise ValueError("Load SR Adapter: " + report.text() + "\nFix the file or the model, or set on_problem to "
+                         "'report' to apply the rest")
+    text = report.text()
+    logging.info("OneStep SR: %s", text)
+    return out_model, out_vae, text
+
+
+def safetensors_loras() -> list[str]:
+    return [name for name in folder_paths.get_filename_list(LORA_FOLDER) if name.lower().endswith((".safetensors", ".sft"))]
+
+
+class OneStepSRLoadAdapter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        loras = safetensors_loras()
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The diffusion model the adapter was trained on."}),
+            "adapter_name": (loras, {"tooltip": "An SR adapter from models/loras/ (.safetensors only): ComfyUI/kohya, "
+                                                "diffusers/PEFT, FlowSR single-file or dual-branch (lora_A1/B1/A2/B2)."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01,
+                                   "tooltip": "LoRA strength (1 = as trained, 0 = the base model)."}),
+            "format": (["auto", *ADAPTER_FORMATS], {"default": "auto",
+                                                     "tooltip": "The file's layout; auto detects it from keys and metadata."}),
+            "on_problem": (["error", "report"], {"default": "error",
+                                                 "tooltip": "Unknown keys or mismatched shapes: stop with their names "
+                                                            "(error), or apply the rest and list them in the report."}),
+        }, "optional": {
+            "vae": ("VAE", {"tooltip": "The model's VAE; adapters with a VAE-encoder part (FlowSR, TSD-SR, ODTSR) "
+                                       "patch it."}),
+            "vae_adapter_name": (["none", *loras], {"default": "none",
+                                                    "tooltip": "A separate VAE-encoder LoRA file (e.g. TSD-SR's vae.safetensors)."}),
+            "vae_strength": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01,
+                                       "tooltip": "Strength of the VAE-encoder adapter."}),
+            "noise_branch_scale": ("FLOAT", {"default": 0.0, "min": -4.0, "max": 4.0, "step": 0.01,
+                                             "tooltip": "Dual-branch only: scaling of the noise-token LoRA (A1/B1). "
+                                                        "ODTSR trains it at 0."}),
+            "condition_branch_scale": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01,
+                                                 "tooltip": "Dual-branch only: scaling of the condition-token LoRA "
+                                                            "(A2/B2). ODTSR: 1."}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "VAE", "STRING")
+    RETURN_NAMES = ("model", "vae", "report")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Applies a released SR adapter to a MODEL (and its VAE): ComfyUI/kohya and diffusers/PEFT LoRA, "
+                   "FlowSR's single file with its VAE-encoder adapter, dual-branch LoRA (one adapter on noise "
+                   "tokens, one on condition tokens). Unknown keys and mismatched shapes are named.")
+
+    def load(self, model, adapter_name, strength, format, on_problem, vae=None, vae_adapter_name="none",
+             vae_strength=1.0, noise_branch_scale=0.0, condition_branch_scale=1.0):
+        path = folder_paths.get_full_path_or_raise(LORA_FOLDER, adapter_name)
+        vae_path = None if vae_adapter_name == "none" else folder_paths.get_full_path_or_raise(LORA_FOLDER, vae_adapter_name)
+        return load_sr_adapter(model, path, strength, format, vae, vae_path, vae_strength, on_problem,
+                               noise_branch_scale, condition_branch_scale)
