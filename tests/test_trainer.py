@@ -1,0 +1,145 @@
+"""The trainer: exact resume, atomic checkpoints, metadata, loss plot, refusals."""
+
+import pytest
+import torch
+from PIL import Image
+
+from onestep_sr.training import (CHECKPOINT_NAME, LOSS_CURVE_NAME, TrainConfig, Trainer, load_tensors,
+                                 read_metadata)
+from onestep_sr.training import checkpoint as checkpoint_module
+from onestep_sr.training.toy import StraightCoupling, ToyFlowMapNet, gaussian_mixture, mixture_batches
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+
+METADATA = {"family": "two_time", "start_mode": "noise", "scales": [4, 8], "data_manifest_hash": "c0ffee"}
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return ToyFlowMapNet(hidden=32, depth=2)
+
+
+def _trainer(out, steps, objective="shortcut", batches=None, **config):
+    config = {"lr": 1e-2, "ema_decay": 0.9, "checkpoint_every": 0, "progress": False, **config}
+    return Trainer(_net(), objective, batches or mixture_batches(32),
+                   TrainConfig(output_dir=str(out), steps=steps, **config), metadata=METADATA)
+
+
+def _assert_same_state(a: Trainer, b: Trainer):
+    for x, y in [(a.unwrapped_net, b.unwrapped_net), (a.ema_net, b.ema_net)]:
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+    assert a.losses == b.losses and a.step == b.step
+
+
+@pytest.mark.parametrize("objective", ["shortcut", "meanflow"])
+def test_resumed_run_equals_an_uninterrupted_run(tmp_path, objective):
+    straight = _trainer(tmp_path / "straight", 12, objective)
+    straight.train()
+    first = _trainer(tmp_path / "split", 5, objective)
+    first.train()
+    resumed = _trainer(tmp_path / "split", 12, objective)
+    assert resumed.step == 5
+    resumed.train()
+    _assert_same_state(straight, resumed)
+    assert straight.unwrapped_net.state_dict().keys() and resumed.step == 12
+
+
+class PairDataset(torch.utils.data.Dataset):
+    def __init__(self, n=40):
+        generator = torch.Generator().manual_seed(0)
+        self.x0, self.x1 = gaussian_mixture(n, generator), torch.randn(n, 2, generator=generator)
+
+    def __len__(self):
+        return len(self.x0)
+
+    def __getitem__(self, i):
+        return {"x0": self.x0[i], "x1": self.x1[i]}
+
+
+def test_resume_with_a_shuffled_dataloader_across_epochs(tmp_path):
+    """10 batches per epoch; the split run stops in the second epoch and resumes in the right place."""
+    def loader():
+        return torch.utils.data.DataLoader(PairDataset(), batch_size=4, shuffle=True)
+
+    straight = _trainer(tmp_path / "straight", 14, batches=loader(), grad_accumulation=2)
+    straight.train()
+    _trainer(tmp_path / "split", 6, batches=loader(), grad_accumulation=2).train()
+    resumed = _trainer(tmp_path / "split", 14, batches=loader(), grad_accumulation=2)
+    resumed.train()
+    _assert_same_state(straight, resumed)
+
+
+def test_interrupted_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, 4)
+    trainer.train()
+    path = tmp_path / CHECKPOINT_NAME
+    before = path.read_bytes()
+
+    def dying_save(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the run is killed in the middle of the write
+
+    monkeypatch.setattr(checkpoint_module, "save_file", dying_save)
+    trainer.step += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    monkeypatch.undo()
+    resumed = _trainer(tmp_path, 6)
+    assert resumed.step == 4
+
+
+def test_metadata_round_trips_and_is_json(tmp_path):
+    trainer = _trainer(tmp_path, 3, objective="flowsr_consistency")
+    trainer.metadata["scales"] = [2, 4, 8]  # updated during the run: the next checkpoint records it
+    trainer.train()
+    meta = read_metadata(tmp_path / CHECKPOINT_NAME)
+    assert meta["step"] == 3 and meta["objective"] == "flowsr_consistency"
+    assert meta["objective_options"] == {"fast_steps": 4, "slow_steps": 1000, "student_scheduler": "slow",
+                                         "hr_weight": 1.0, "flow_weight": 1.0}
+    assert meta["family"] == "two_time" and meta["start_mode"] == "noise"
+    assert meta["scales"] == [2, 4, 8] and meta["data_manifest_hash"] == "c0ffee"
+    assert meta["config"]["steps"] == 3 and meta["config"]["seed"] == 0
+
+    exported = trainer.export_weights(tmp_path / "weights.safetensors")
+    tensors, meta = load_tensors(exported)
+    assert meta["weights"] == "ema" and meta["step"] == 3
+    assert tensors.keys() == trainer.ema_net.state_dict().keys()
+    for name, value in trainer.ema_net.state_dict().items():
+        assert torch.equal(tensors[name], value)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trainer.export_weights(exported)
+
+
+def test_loss_curve_png_is_written(tmp_path):
+    _trainer(tmp_path, 8).train()
+    image = Image.open(tmp_path / LOSS_CURVE_NAME)
+    assert image.format == "PNG" and image.size == (720, 400)
+    colours = {c for _, c in image.getcolors(maxcolors=1 << 16)}
+    assert (31, 119, 180) in colours  # the smoothed curve is drawn
+
+
+def test_refusals_name_the_fix(tmp_path):
+    _trainer(tmp_path, 2).train()
+    with pytest.raises(FileExistsError, match="resume=True"):
+        _trainer(tmp_path, 4, resume=False)
+    with pytest.raises(ValueError, match="objective 'shortcut'"):
+        _trainer(tmp_path, 4, objective="meanflow")
+    with pytest.raises(ValueError, match="reserved|written by the trainer"):
+        Trainer(_net(), "shortcut", mixture_batches(8), TrainConfig(output_dir=str(tmp_path / "x")),
+                metadata={"step": 3})
+    with pytest.raises(ValueError, match="grad_accumulation"):
+        TrainConfig(output_dir=str(tmp_path), grad_accumulation=0)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    """A deterministic source (x1 = a x0 + c) makes the flow-matching optimum zero."""
+    problem = StraightCoupling()
+    trainer = _trainer(tmp_path, 60, objective="flow_matching", lr=3e-3,
+                       batches=lambda generator: problem.sample(32, 2, generator))
+    trainer.train()
+    first, last = sum(trainer.losses[:10]) / 10, sum(trainer.losses[-10:]) / 10
+    assert last < 0.3 * first
