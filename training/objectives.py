@@ -184,7 +184,24 @@ def _split_logs(err: torch.Tensor, n_diag: int, map_name: str) -> tuple[torch.Te
 
 
 @dataclass
-class Lagrangian:
+class _TimePairObjective:
+    """Shared by the objectives trained on pairs (t, s): a fraction `map_fraction` of the batch
+    has s < t, the rest lies on the diagonal and trains flow matching."""
+
+    map_fraction: float = 0.25
+
+    def __post_init__(self):
+        _split(1, self.map_fraction)
+
+    def _draw(self, batch, generator):
+        """(x0, x1, cond, t, s, n_diag, x_t) for one batch."""
+        x0, x1, cond = _unpack(batch)
+        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
+        return x0, x1, cond, t, s, n_diag, add_source(x0, x1, per_sample(t, x0))
+
+
+@dataclass
+class Lagrangian(_TimePairObjective):
     """Lagrangian self-distillation (Boffi et al.): the map's s-derivative follows the flow.
 
         L_map  = || d/ds X(x_t, t -> s) - sg(v(X(x_t, t -> s), s)) ||^2,   v(x, s) = u(x, s, s),
@@ -195,16 +212,10 @@ class Lagrangian:
     uniform times), the rest trains the diagonal.
     """
 
-    map_fraction: float = 0.25
     name = "lagrangian"
 
-    def __post_init__(self):
-        _split(1, self.map_fraction)
-
     def __call__(self, net, batch, ema_net=None, generator=None):
-        x0, x1, cond = _unpack(batch)
-        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
-        x_t = add_source(x0, x1, per_sample(t, x0))
+        x0, x1, cond, t, s, n_diag, x_t = self._draw(batch, generator)
 
         def map_of_s(s_):
             u = net(x_t, t, s_, cond)
@@ -219,7 +230,7 @@ class Lagrangian:
 
 
 @dataclass
-class Eulerian:
+class Eulerian(_TimePairObjective):
     """Eulerian self-distillation (Boffi et al.): the map is transported by the flow.
 
         L_map  = || d/dt X(x_t, t -> s) + sg(grad_x X(x_t, t -> s) . v(x_t, t)) ||^2,
@@ -230,16 +241,10 @@ class Eulerian:
     only the time derivative carries the gradient). Time pairs as in `Lagrangian`.
     """
 
-    map_fraction: float = 0.25
     name = "eulerian"
 
-    def __post_init__(self):
-        _split(1, self.map_fraction)
-
     def __call__(self, net, batch, ema_net=None, generator=None):
-        x0, x1, cond = _unpack(batch)
-        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
-        x_t = add_source(x0, x1, per_sample(t, x0))
+        x0, x1, cond, t, s, n_diag, x_t = self._draw(batch, generator)
         m = slice(n_diag, None)
         c = None if cond is None else cond[m]
         with torch.no_grad():
@@ -258,7 +263,7 @@ class Eulerian:
 
 
 @dataclass
-class MeanFlow:
+class MeanFlow(_TimePairObjective):
     """MeanFlow identity (Geng et al.): the average velocity satisfies u = v - (t - s) du/dt.
 
         L = || u(x_t, t, s) - sg(v - (t - s) (v . grad_x u + d_t u)) ||^2,
@@ -274,22 +279,19 @@ class MeanFlow:
     0 keeps plain L2.
     """
 
-    map_fraction: float = 0.25
     velocity: str = "conditional"
     adaptive_power: float = 1.0
     name = "meanflow"
 
     def __post_init__(self):
-        _split(1, self.map_fraction)
+        super().__post_init__()
         if self.velocity not in ("conditional", "model"):
             raise ValueError(f"velocity must be 'conditional' or 'model', got {self.velocity!r}")
         if self.adaptive_power < 0:
             raise ValueError(f"adaptive_power must be >= 0, got {self.adaptive_power}")
 
     def __call__(self, net, batch, ema_net=None, generator=None):
-        x0, x1, cond = _unpack(batch)
-        t, s, n_diag = _time_pairs(x0.shape[0], x0, generator, self.map_fraction)
-        x_t = add_source(x0, x1, per_sample(t, x0))
+        x0, x1, cond, t, s, n_diag, x_t = self._draw(batch, generator)
         if self.velocity == "conditional":
             v = x1 - x0
         else:

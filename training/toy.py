@@ -145,10 +145,12 @@ def as_denoiser(net, family: str, cond=None):
 
 
 @torch.no_grad()
-def sample(net, source: torch.Tensor, steps: int, family: str = "two_time", cond=None) -> torch.Tensor:
-    """`steps` uniform jumps from t = 1 (source) to 0 with the package's any-step sampler."""
+def sample(net, source: torch.Tensor, steps: int, family: str = "two_time", cond=None,
+           gamma: float = 0.0) -> torch.Tensor:
+    """`steps` uniform jumps from t = 1 (source) to 0 with the package's any-step sampler
+    (gamma = 1: consistency sampling, every jump to 0 then re-noised; see sample_flow_map)."""
     return sample_flow_map(as_denoiser(net, family, cond), source, shifted_times(steps), disable=True,
-                           family=family)
+                           family=family, gamma=gamma, extra_args={"seed": 0})
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 512, seed: int = 0) -> float:
