@@ -135,6 +135,20 @@ def test_refusals_name_the_fix(tmp_path):
         TrainConfig(output_dir=str(tmp_path), grad_accumulation=0)
 
 
+def test_a_run_without_ema_takes_targets_from_the_net_and_resumes(tmp_path):
+    straight = _trainer(tmp_path / "straight", 6, ema_decay=None)
+    straight.train()
+    assert straight.ema_net is None
+    _trainer(tmp_path / "split", 3, ema_decay=None).train()
+    resumed = _trainer(tmp_path / "split", 6, ema_decay=None)
+    resumed.train()
+    for p, q in zip(straight.unwrapped_net.parameters(), resumed.unwrapped_net.parameters()):
+        assert torch.equal(p, q)
+    with pytest.raises(ValueError, match="ema=False"):
+        resumed.export_weights(tmp_path / "w.safetensors")
+    assert resumed.export_weights(tmp_path / "w.safetensors", ema=False).exists()
+
+
 def test_training_lowers_the_loss(tmp_path):
     """A deterministic source (x1 = a x0 + c) makes the flow-matching optimum zero."""
     problem = StraightCoupling()

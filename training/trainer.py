@@ -48,7 +48,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_accumulation: int = 1        # micro-batches per optimizer step
     max_grad_norm: float | None = 1.0  # None: no clipping
-    ema_decay: float = 0.999
+    ema_decay: float | None = 0.999   # None: no EMA copy (targets then come from the net itself)
     mixed_precision: str = "auto"     # "auto" (bf16 on a CUDA device that has it, else off), "no", "bf16", "fp16"
     checkpoint_every: int = 500       # optimizer steps between checkpoints (0: only at the end)
     resume: bool = True               # continue from output_dir's checkpoint when there is one
@@ -58,7 +58,7 @@ class TrainConfig:
     def __post_init__(self):
         checks = {"steps": self.steps >= 1, "grad_accumulation": self.grad_accumulation >= 1,
                   "lr": self.lr > 0, "checkpoint_every": self.checkpoint_every >= 0,
-                  "ema_decay": 0.0 <= self.ema_decay <= 1.0,
+                  "ema_decay": self.ema_decay is None or 0.0 <= self.ema_decay <= 1.0,
                   "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16")}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -104,15 +104,16 @@ class Trainer:
             precision = "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-        torch.manual_seed(config.seed)  # same initial state everywhere (DDP also broadcasts rank 0's)
-
-        self.ema_net = make_ema(net).to(self.accelerator.device)
-        optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, betas=tuple(config.betas),
-                                      weight_decay=config.weight_decay)
         # The net is not wrapped in DistributedDataParallel: DDP's forward cannot run inside
         # torch.func.jvp (MeanFlow, Lagrangian, Eulerian), so the trainer makes the processes
         # start equal (`_broadcast_state`) and averages gradients itself (`_average_gradients`).
         self.net = net.to(self.accelerator.device)
+        self.ema_net = None if config.ema_decay is None else make_ema(self.net)
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        if not trainable:
+            raise ValueError("the network has no parameter that requires grad: nothing to train")
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=tuple(config.betas),
+                                      weight_decay=config.weight_decay)
         self.optimizer = self.accelerator.prepare(optimizer)
         self._broadcast_state()
         self.batches = batches
@@ -149,7 +150,7 @@ class Trainer:
         if self.accelerator.num_processes == 1:
             return
         with torch.no_grad():
-            for module in (self.net, self.ema_net):
+            for module in filter(None, (self.net, self.ema_net)):
                 for tensor in [*module.parameters(), *module.buffers()]:
                     torch.distributed.broadcast(tensor.data, src=0)
 
@@ -189,7 +190,7 @@ class Trainer:
         if self.is_main_process:
             opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
             tensors = {**prefixed("net", self.unwrapped_net.state_dict()),
-                       **prefixed("ema", self.ema_net.state_dict()),
+                       **(prefixed("ema", self.ema_net.state_dict()) if self.ema_net is not None else {}),
                        **prefixed("optimizer", opt_tensors),
                        "history.loss": torch.tensor(self.losses, dtype=torch.float32)}
             save_tensors(path, tensors, {**self._metadata(), "optimizer": opt_rest})
@@ -210,9 +211,13 @@ class Trainer:
                 raise ValueError(f"{path} has {key}={meta[key]!r}, this run asks for {value!r}: "
                                  "use a new output_dir or the same setting")
         self.unwrapped_net.load_state_dict(unprefixed("net", tensors))
-        self.ema_net.load_state_dict(unprefixed("ema", tensors))
+        if self.ema_net is not None:
+            ema = unprefixed("ema", tensors)
+            self.ema_net.load_state_dict(ema or unprefixed("net", tensors))  # no EMA saved: start it here
         self.optimizer.optimizer.load_state_dict(
             unflatten_optimizer(unprefixed("optimizer", tensors), meta["optimizer"]))
+        for group in self.optimizer.optimizer.param_groups:  # this run's settings win
+            group.update(lr=self.config.lr, weight_decay=self.config.weight_decay, betas=tuple(self.config.betas))
         self.losses = tensors["history.loss"].tolist()
         self.step = int(meta["step"])
         for key, value in meta.items():
@@ -224,6 +229,8 @@ class Trainer:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
+        if ema and self.ema_net is None:
+            raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
         if self.is_main_process:
             weights = (self.ema_net if ema else self.unwrapped_net).state_dict()
             save_tensors(path, weights, {**self._metadata(), "weights": "ema" if ema else "raw"})
@@ -300,7 +307,8 @@ class Trainer:
                 accelerator.clip_grad_norm_(self.net.parameters(), config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            update_ema(self.ema_net, self.unwrapped_net, config.ema_decay)
+            if self.ema_net is not None:
+                update_ema(self.ema_net, self.unwrapped_net, config.ema_decay)
             self.step += 1
             self.losses.append(accelerator.reduce(total, "mean").item())
 
