@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 
 import comfy.diffusers_convert
 import comfy.lora
+import comfy.model_base
+import comfy.patcher_extension
 import comfy.utils
 import comfy.weight_adapter
 import folder_paths
@@ -27,7 +30,8 @@ LORA_FOLDER = "loras"
 # Prefixes that training scripts put before a network's module paths.
 KNOWN_PREFIXES = ("base_model.model.", "unet.", "transformer.", "pipe.dit.", "dit.", "model.diffusion_model.",
                   "diffusion_model.", "vae.", "first_stage_model.", "pipe.new_vae.", "model.")
-MODULATION_LAYER = ".img_mod.1"  # Qwen-Image's image-stream modulation (takes the time embedding)
+MODULATION_LAYER = ".img_mod.1"
+DUAL_CHECK = "onestep_sr_dual_branch"  # Qwen-Image's image-stream modulation (takes the time embedding)
 SHOWN_PROBLEMS = 12
 
 
@@ -166,7 +170,8 @@ def build_patches(tensors: dict[str, torch.Tensor], key_map: dict, weights: dict
     patches.update(loaded)
     for target, patch in list(patches.items()):
         key = target[0] if isinstance(target, tuple) else target
-        problem = _shape_problem(target, patch, weights[key])
+        problem = (f"unknown module: a LoRA of the file maps to {key}, which this model does not have"
+                   if key not in weights else _shape_problem(target, patch, weights[key]))
         if problem:
             report.problems.append(problem)
             del patches[target]
@@ -214,7 +219,22 @@ def dual_branch_patches(model_patcher, groups: dict, key_map: dict, strength: fl
             out.add_object_patch(f"{block}._modulate", halves_modulate(model_patcher.get_model_object(block)._modulate))
         count += 1
     report.applied["MODEL (dual-branch)"] = count
+    if isinstance(model_patcher.model, comfy.model_base.QwenImage):
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, DUAL_CHECK,
+                                                     _needs_one_reference, out.model_options, is_model_options=True)
     return out
+
+
+def _needs_one_reference(executor, x, *args, **kwargs):
+    """Qwen-Image forward wrapper: dual-branch layers split the image tokens in halves, so the model
+    must get exactly one reference latent (the LR latent) of the latent's own size."""
+    references = args[4] if len(args) > 4 else kwargs.get("ref_latents")  # (t, context, mask, guidance, ref_latents)
+    if not references or len(references) != 1 or references[0].shape[-2:] != x.shape[-2:]:
+        shapes = [tuple(r.shape) for r in references or []]
+        raise ValueError(f"a dual-branch SR adapter needs exactly one reference latent of the latent's size "
+                         f"{tuple(x.shape[-2:])} (its condition tokens), got {shapes}: feed the LR latent to the model "
+                         "with a ReferenceLatent node")
+    return executor(x, *args, **kwargs)
 
 
 # ---------------------------------------------------------------- loading
@@ -229,7 +249,7 @@ def load_sr_adapter(model, path: str, strength: float = 1.0, file_format: str = 
     file_format = detected if file_format == "auto" else file_format
     if file_format not in ADAPTER_FORMATS:
         raise ValueError(f"format must be 'auto' or one of {ADAPTER_FORMATS}, got {file_format!r}")
-    report = AdapterReport(path.rsplit("/", 1)[-1], file_format)
+    report = AdapterReport(os.path.basename(path), file_format)
     key_map = unet_key_map(model)
     model_weights = weight_shapes(model.model)
     vae_tensors = {}

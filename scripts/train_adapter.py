@@ -1,0 +1,111 @@
+"""Adversarially fine-tune a LoRA adapter on the default OneStep SR model (one command; seeded;
+resumable: rerun it to continue).
+
+    python scripts/train_adapter.py --export weights/onestep_sr_adversarial_lora.safetensors
+
+Data and degradations are the default model's (scripts/train_default.py: random HR crops of the
+training photos, x4 and x8, bicubic or the seeded real-world chain); the held-out photos never
+enter. Generator: the base network with a peft LoRA (base frozen). Loss: reconstruction +
+adversarial (a discriminator on the frozen base network's encoder features, or a patch
+discriminator) + the Shortcut flow-map consistency term (training/adversarial.py). The exported
+file uses ComfyUI's LoRA keys, so the stock "Load LoRA" node applies it to the MODEL of
+"Load OneStep SR Model"; --export-format peft writes a PEFT folder instead. The run lives in
+--output-dir (outside the repository by default); benchmarks/adapter_quality.py measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from onestep_sr.models.degrade import SCALES
+from onestep_sr.models.flow_map_sr import load_model
+from onestep_sr.models.photos import CropSampler, write_manifest
+from onestep_sr.training.adversarial import DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
+from onestep_sr.training.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
+from onestep_sr.training.trainer import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_default import sr_batches  # noqa: E402  (the default model's data, one definition)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BASE = REPO / "weights" / "onestep_sr_default.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=str(DEFAULT_BASE),
+                        help="the default model's weights (or a training checkpoint of it: its EMA is used)")
+    parser.add_argument("--output-dir", default=str(Path("~/.cache/onestep-sr/runs/adapter").expanduser()))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
+    parser.add_argument("--real-fraction", type=float, default=0.2)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, scaling 1)")
+    parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="LoRA target module names")
+    parser.add_argument("--discriminator", choices=DISCRIMINATORS, default="features")
+    parser.add_argument("--gan-loss", choices=GAN_LOSSES, default="hinge")
+    parser.add_argument("--adversarial-weight", type=float, default=0.05)
+    parser.add_argument("--reconstruction", choices=RECONSTRUCTIONS, default="l1")
+    parser.add_argument("--reconstruction-weight", type=float, default=1.0)
+    parser.add_argument("--consistency-weight", type=float, default=1.0)
+    parser.add_argument("--r1-weight", type=float, default=0.0)
+    parser.add_argument("--sample-steps", type=int, default=1, help="jumps that make the SR output D sees")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--ema-decay", type=float, default=0.99)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--export", default=None, help="after training, write the (EMA) adapter here")
+    parser.add_argument("--export-format", choices=FILE_FORMATS, default="comfy")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --export file")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.crop % max(SCALES):
+        parser.error(f"--crop must be a multiple of {max(SCALES)}, got {args.crop}")
+    base = Path(args.base)
+    if not base.is_file():
+        parser.error(f"--base {base} does not exist: train the default model first "
+                     "(scripts/train_default.py) or point --base at its weights")
+    if args.export and Path(args.export).exists() and not args.overwrite:
+        parser.error(f"--export {args.export} exists; pass --overwrite or choose another path")
+    torch.set_num_threads(args.threads)
+
+    manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
+    net = load_model(str(base)).train()
+    spec = LoraSpec(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.targets))
+    objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
+                                reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
+                                consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
+                                sample_steps=args.sample_steps)
+    config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
+                         ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
+                         progress=not args.no_progress)
+    command = "python scripts/train_adapter.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    metadata = {"family": net.family, "base_model": base.name, "base_model_sha256": file_sha256(base),
+                "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
+                "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction}
+    probe = (torch.zeros(1, 3, args.crop, args.crop), torch.zeros(1, 3, args.crop, args.crop))
+    trainer = AdversarialLoRATrainer(net, spec, objective, sr_batches(CropSampler(), args.batch, args.crop,
+                                                                     args.real_fraction),
+                                     config, probe=probe, discriminator=args.discriminator, metadata=metadata)
+    summary = trainer.train()
+    print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.2f} samples/s)")
+    if args.export:
+        path = trainer.export(args.export, file_format=args.export_format, overwrite=args.overwrite)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
