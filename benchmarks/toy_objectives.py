@@ -106,6 +106,9 @@ def report(rows, args, machine) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
         "",
+        "SWD compares the sample clouds through 1-D projections; it rewards mass on the ring of modes",
+        "but is lenient about mass between modes, so read it with the figure of one-step samples below.",
+        "",
         f"![one-step samples]({args.output.with_suffix('.png').name})",
         "",
     ]
