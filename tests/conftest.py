@@ -5,7 +5,8 @@ comfy_host   (session) ComfyUI imported in this process, the extension and tests
 comfy_server (session) a real `python main.py --cpu` on 127.0.0.1 sharing comfy_host's tiny model files.
 
 Without a host these tests skip, unless $ONESTEP_SR_COMFYUI is set (scripts/run_tests.sh sets it): then a
-missing host is an error, so CI cannot pass by skipping.
+missing host is an error, so CI cannot pass by skipping. Tests that use these fixtures get the markers
+host / server / browser themselves, so `-m "not browser"` and the like select them.
 """
 
 import os
@@ -13,6 +14,16 @@ import os
 import pytest
 
 import comfy_host as host_lib
+
+
+MARKER_OF_FIXTURE = {"comfy_host": "host", "comfy_server": "server", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in MARKER_OF_FIXTURE.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
