@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh clone: the ComfyUI 0.3.75 test host and venv (scripts/setup_host.sh),
+# Debian's chromium for the browser tests, then pytest. Arguments go to pytest (e.g. -k server, -x).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}
+
+bash "$repo/scripts/setup_host.sh"
+
+if [ ! -x /usr/bin/chromium ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q chromium || { $sudo apt-get update -q && $sudo apt-get install -y -q chromium; }
+fi
+
+# Tells the tests where the host is, and that a missing host or browser is an error, not a skip.
+export ONESTEP_SR_COMFYUI=$cache/comfyui-0.3.75
+# The test models are tiny: OpenMP hand-offs cost more than they gain, and on a busy 2-core machine
+# spinning threads made the host tests ten times slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+cd "$repo"
+status=0
+"$cache/venv/bin/python" -m pytest -q -rs --durations=15 tests "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "run_tests.sh: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"
