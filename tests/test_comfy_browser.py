@@ -82,7 +82,9 @@ def test_workflow_loads_in_the_frontend(browser, comfy_server, path):
 
 
 def test_frontend_check_catches_a_missing_node_type(browser, comfy_server):
-    workflow = json.loads(host_lib.workflow_files()[0].read_text())
+    shipped = host_lib.workflow_files()
+    assert shipped, f"no workflows in {host_lib.WORKFLOWS}"
+    workflow = json.loads(shipped[0].read_text())
     workflow["nodes"][0]["type"] = "OneStepSR_NoSuchNode"
     page, report = open_workflow(browser, comfy_server, workflow)
     page.close()

@@ -49,8 +49,9 @@ def stock_sampling_prompt(host, family, seed=0):
                          guider=guider.out(0), sampler=graph.node("KSamplerSelect", sampler_name="euler").out(0),
                          sigmas=sigmas.out(0), latent_image=empty.out(0))
     image = graph.node("VAEDecode", samples=sampled.out(0), vae=vae.out(0))
-    graph.node("PreviewImage", images=image.out(0))
-    return graph.finalize(), {"model": model.id, "sigmas": sigmas.id, "sampled": sampled.id, "image": image.id}
+    preview = graph.node("PreviewImage", images=image.out(0))
+    return graph.finalize(), {"model": model.id, "sigmas": sigmas.id, "sampled": sampled.id, "image": image.id,
+                              "preview": preview.id}
 
 
 @pytest.mark.parametrize("family", list(MODEL_SOURCES))
@@ -73,7 +74,7 @@ def test_tiny_model_samples_through_stock_nodes(comfy_host, family):
     assert latent.shape == (1, channels, SIZE // 8, SIZE // 8) and torch.isfinite(latent).all()
     image = run.output(ids["image"])
     assert image.shape == (1, SIZE, SIZE, 3) and 0 <= image.min() and image.max() <= 1
-    assert run.ui[next(iter(k for k, v in prompt.items() if v["class_type"] == "PreviewImage"))]["images"]
+    assert run.ui[ids["preview"]]["images"], "PreviewImage wrote no image"
 
 
 
