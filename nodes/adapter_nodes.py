@@ -9,21 +9,33 @@ weight patches (or, for dual-branch layers, object patches)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
+from pathlib import Path
 
 import comfy.diffusers_convert
 import comfy.lora
 import comfy.model_base
+import comfy.model_management
 import comfy.patcher_extension
+import comfy.pixel_space_convert
+import comfy.sd
 import comfy.utils
 import comfy.weight_adapter
 import folder_paths
+import numpy as np
 import torch
+from PIL import Image
 
 from ..training.adapter_formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, DualBranchLoRA, detect_format,
                                         dual_branch_groups, halves_modulate, peft_alpha, peft_config_beside,
                                         read_flowsr, read_safetensors, to_comfy_lora, with_dual_branch)
+from ..training.adversarial import DISCRIMINATORS, AdversarialLoRA, AdversarialLoRATrainer
+from ..training.lora import DEFAULT_TARGETS, LoraSpec
+from ..training.sr_data import ImageCrops, sr_batches
+from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
+from .default_model_node import FlowMapSRDiffusionModel
 
 CATEGORY = "OneStep SR/loaders"
 LORA_FOLDER = "loras"
@@ -349,3 +361,150 @@ class OneStepSRLoadAdapter:
         vae_path = None if vae_adapter_name == "none" else folder_paths.get_full_path_or_raise(LORA_FOLDER, vae_adapter_name)
         return load_sr_adapter(model, path, strength, format, vae, vae_path, vae_strength, on_problem,
                                noise_branch_scale, condition_branch_scale)
+
+
+# ---------------------------------------------------------------- training
+
+
+TRAINING_FOLDER = "onestep_sr_training"  # under ComfyUI's output folder: one run folder per LoRA name
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def hr_images(images: torch.Tensor | None, folder: str) -> list[torch.Tensor]:
+    """[3, H, W] tensors in [0, 1] from an IMAGE batch and/or a folder (absolute, or under ComfyUI's input)."""
+    out = [] if images is None else [image[..., :3].permute(2, 0, 1).float() for image in images]
+    if folder.strip():
+        path = Path(folder.strip())
+        path = path if path.is_absolute() else Path(folder_paths.get_input_directory()) / path
+        if not path.is_dir():
+            raise ValueError(f"Train SR LoRA: folder {path} does not exist; give a folder of HR images (absolute, "
+                             "or relative to ComfyUI's input folder)")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise ValueError(f"Train SR LoRA: {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        for file in files:
+            array = np.asarray(Image.open(file).convert("RGB"), dtype=np.float32) / 255
+            out.append(torch.from_numpy(array).permute(2, 0, 1))
+    if not out:
+        raise ValueError("Train SR LoRA: connect an IMAGE batch of HR images or name a folder of them")
+    return out
+
+
+def lora_output_path(name: str, overwrite: bool) -> Path:
+    """models/loras/<name>.safetensors; an existing file is kept unless `overwrite`."""
+    name = name.strip().removesuffix(".safetensors")
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"Train SR LoRA: lora_name must be a plain file name, got {name!r}")
+    path = Path(folder_paths.get_folder_paths(LORA_FOLDER)[0]) / f"{name}.safetensors"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"Train SR LoRA: {path} exists; choose another lora_name or switch overwrite on")
+    return path
+
+
+def trainable_network(model, vae):
+    """A copy of the MODEL's OneStep SR network (with the MODEL's own patches applied) to train on."""
+    diffusion_model = model.model.diffusion_model
+    if not isinstance(diffusion_model, FlowMapSRDiffusionModel):
+        raise ValueError("Train SR LoRA trains adapters for the OneStep SR default model ('Load OneStep SR Model'); "
+                         "training on native diffusion models (FLUX, SD3, ...) is not supported by this node")
+    if not isinstance(vae.first_stage_model, comfy.pixel_space_convert.PixelspaceConversionVAE):
+        raise ValueError("Train SR LoRA: the OneStep SR default model works in pixel space; connect the VAE that "
+                         "'Load OneStep SR Model' returns")
+    comfy.model_management.load_models_gpu([model])
+    return copy.deepcopy(diffusion_model.net).float().cpu().train()
+
+
+def state_sha256(net) -> str:
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_size: int, scale: int, rank: int,
+                  learning_rate: float, adversarial_weight: float, discriminator: str, seed: int,
+                  overwrite: bool = False, images=None, folder: str = "", real_degradation: float = 0.2):
+    """(MODEL with the trained LoRA, loss plot IMAGE, report). The run (checkpoints every tenth of
+    the steps) lives in output/onestep_sr_training/<lora_name>/: an interrupted run keeps its last
+    checkpoint and the same lora_name resumes it."""
+    if crop_size % scale:
+        raise ValueError(f"Train SR LoRA: crop_size {crop_size} must be a multiple of scale {scale}")
+    target = lora_output_path(lora_name, overwrite)
+    sampler = ImageCrops(hr_images(images, folder))
+    net = trainable_network(model, vae)
+    base_sha = state_sha256(net)
+    run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
+    config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=0.99,
+                         checkpoint_every=max(1, steps // 10), progress=False)
+    objective = AdversarialLoRA(adversarial_weight=adversarial_weight)
+    probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
+    trainer = AdversarialLoRATrainer(
+        net, LoraSpec(rank=rank, target_modules=DEFAULT_TARGETS), objective,
+        sr_batches(sampler, batch_size, crop_size, real_degradation, scales=(scale,)), config, probe=probe,
+        discriminator=discriminator,
+        metadata={"family": net.family, "base_model": "OneStep SR default model (ComfyUI MODEL)",
+                  "base_model_state_sha256": base_sha, "hr_images": len(sampler.images), "batch": batch_size,
+                  "crop": crop_size, "scale": scale, "real_fraction": real_degradation})
+    progress = comfy.utils.ProgressBar(steps)
+
+    def step_hook():
+        progress.update_absolute(trainer.trainer.step, steps)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    objective.step_hook = step_hook
+    try:
+        summary = trainer.train()
+    except comfy.model_management.InterruptProcessingException:
+        trainer.trainer.save_checkpoint()  # the steps done so far; the same lora_name resumes from here
+        raise
+    progress.update_absolute(steps, steps)
+    trainer.export(target, ema=False, overwrite=overwrite)  # the adapter as trained (an EMA lags in short runs)
+    folder_paths.filename_list_cache.pop(LORA_FOLDER, None)
+    plot = np.asarray(Image.open(run_dir / LOSS_CURVE_NAME).convert("RGB"), dtype=np.float32) / 255
+    lora = comfy.utils.load_torch_file(str(target), safe_load=True)
+    tuned, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    report = (f"saved {target} ({summary['step']} steps, last loss {summary['loss']:.4g}); run folder {run_dir}; "
+              f"load it with 'Load LoRA' or 'Load SR Adapter'")
+    return tuned, torch.from_numpy(plot)[None], report
+
+
+class OneStepSRTrainLoRA:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The OneStep SR default model ('Load OneStep SR Model') to adapt."}),
+            "vae": ("VAE", {"tooltip": "The model's VAE (pixel space for the default model)."}),
+            "lora_name": ("STRING", {"default": "onestep_sr_adversarial", "tooltip": "File name in models/loras/."}),
+            "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Optimizer steps (a rerun resumes)."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256}),
+            "crop_size": ("INT", {"default": 96, "min": 16, "max": 1024, "step": 8,
+                                  "tooltip": "HR crop side in pixels (a multiple of scale)."}),
+            "scale": ("INT", {"default": 4, "min": 2, "max": 8, "tooltip": "Upscale factor the LR crops are made at."}),
+            "rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank."}),
+            "learning_rate": ("FLOAT", {"default": 2e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5}),
+            "adversarial_weight": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.005,
+                                             "tooltip": "Weight of the GAN term against L1 reconstruction and the "
+                                                        "flow-map consistency term."}),
+            "discriminator": (list(DISCRIMINATORS), {"default": "features",
+                                                     "tooltip": "features: light heads on the frozen base network; "
+                                                                "patch: a small PatchGAN on the image."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA file of that name."}),
+        }, "optional": {
+            "images": ("IMAGE", {"tooltip": "HR training images (each at least crop_size on both sides)."}),
+            "folder": ("STRING", {"default": "", "tooltip": "A folder of HR images (absolute or under ComfyUI's input)."}),
+            "real_degradation": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.05,
+                                           "tooltip": "Share of batches degraded by the real-world chain instead of bicubic."}),
+        }}
+
+    RETURN_TYPES = ("MODEL", "IMAGE", "STRING")
+    RETURN_NAMES = ("model", "loss_plot", "report")
+    FUNCTION = "train"
+    OUTPUT_NODE = True
+    CATEGORY = "OneStep SR/training"
+    DESCRIPTION = ("Adversarially fine-tunes an SR LoRA (reconstruction + GAN + flow-map consistency) on HR images and "
+                   "saves it into models/loras/. Interrupting keeps the last checkpoint; running again resumes.")
+
+    def train(self, **kwargs):
+        return train_sr_lora(**kwargs)

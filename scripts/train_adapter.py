@@ -3,7 +3,7 @@ resumable: rerun it to continue).
 
     python scripts/train_adapter.py --export weights/onestep_sr_adversarial_lora.safetensors
 
-Data and degradations are the default model's (scripts/train_default.py: random HR crops of the
+Data and degradations are the default model's (training/sr_data.py: random HR crops of the
 training photos, x4 and x8, bicubic or the seeded real-world chain); the held-out photos never
 enter. Generator: the base network with a peft LoRA (base frozen). Loss: reconstruction +
 adversarial (a discriminator on the frozen base network's encoder features, or a patch
@@ -28,10 +28,8 @@ from onestep_sr.models.flow_map_sr import load_model
 from onestep_sr.models.photos import CropSampler, write_manifest
 from onestep_sr.training.adversarial import DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
 from onestep_sr.training.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
+from onestep_sr.training.sr_data import sr_batches
 from onestep_sr.training.trainer import TrainConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_default import sr_batches  # noqa: E402  (the default model's data, one definition)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASE = REPO / "weights" / "onestep_sr_default.safetensors"

@@ -362,6 +362,8 @@ class AdversarialLoRATrainer:
     def export(self, path: str | Path, file_format: str = "comfy", prefix: str = COMFY_DEFAULT_MODEL_PREFIX,
                ema: bool = True, overwrite: bool = False) -> Path:
         """Write the adapter (the EMA generator's by default) with the recipe as metadata."""
+        if ema and self.trainer.ema_net is None:
+            raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
         source = (self.trainer.ema_net if ema else self.trainer.unwrapped_net).generator
         if not lora_layers(source):
             raise RuntimeError("the generator lost its LoRA layers")

@@ -1,0 +1,46 @@
+"""SR training batches for the flow-map trainer: HR crops, their degraded LR, both in [-1, 1].
+
+`sr_batches` draws every random choice from the trainer's per-step generator, so a resumed run
+sees the same data; `ImageCrops` samples crops from any set of HR images (an IMAGE batch or a
+folder in ComfyUI) with models.photos.CropSampler's crop, flip and rotation rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
+from ..models.photos import CropSampler
+
+
+class ImageCrops(CropSampler):
+    """CropSampler over given images ([3, H, W] tensors in [0, 1]), area-weighted."""
+
+    def __init__(self, images: list[torch.Tensor]):
+        if not images:
+            raise ValueError("no HR images to train on: give at least one image")
+        bad = [tuple(image.shape) for image in images if image.ndim != 3 or image.shape[0] != 3]
+        if bad:
+            raise ValueError(f"HR images must be RGB tensors [3, H, W]; got shapes {bad[:4]}")
+        self.images = [image.float().contiguous() for image in images]
+        areas = np.array([image.shape[-1] * image.shape[-2] for image in self.images], dtype=np.float64)
+        self.weights = areas / areas.sum()
+
+
+def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, scales=SCALES):
+    """batches(generator) -> {"x0": HR, "x1": upsampled LR, "cond": upsampled LR}, all in [-1, 1]:
+    one scale of `scales` per batch, the bicubic or (with probability real_fraction) the seeded
+    real-world degradation, start mode 'lr' (the source is the bicubic-upsampled LR image)."""
+
+    def draw(generator: torch.Generator) -> dict:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        rng = np.random.default_rng(seed)
+        hr = sampler.sample(batch, crop, rng)
+        scale = int(rng.choice(scales))
+        lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
+              else bicubic_downscale(hr, scale))
+        source = bicubic_upscale(lr, scale) * 2 - 1
+        return {"x0": hr * 2 - 1, "x1": source, "cond": source}
+
+    return draw
