@@ -11,29 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from ..samplers.flow_map import denoised_from_velocity, shifted_times
+from ..samplers.flow_map import shifted_times
 from ..samplers.guidance import guided_denoiser
-from ..samplers.sampling import sample_flow_map, target_of
+from ..samplers.sampling import flow_map_denoiser, sample_flow_map
 from ..samplers.start import start_point
 from .degrade import bicubic_downscale, bicubic_upscale
 
 START_MODE = "lr"
-
-
-def flow_map_denoiser(net):
-    """denoise(x, sigma, cond, model_options) -> pseudo-x0 around net(x, t, s, cond)."""
-
-    def denoiser(x, sigma, cond, model_options=None, **_):
-        target = target_of((model_options or {}).get("transformer_options", {}))
-        if target is None:
-            raise ValueError("the flow-map denoiser needs the jump's target time from the sampler "
-                             "(samplers.sampling.with_target)")
-        t = sigma.reshape(-1).expand(x.shape[0])
-        s = torch.full_like(t, target["sigma_to"])
-        u = net(x, t, s, cond)
-        return denoised_from_velocity(x, u, t.view(-1, 1, 1, 1))
-
-    return denoiser
 
 
 def negative_condition(cond: torch.Tensor) -> torch.Tensor:
@@ -48,7 +32,7 @@ def negative_condition(cond: torch.Tensor) -> torch.Tensor:
 
 def sr_model(net, cond: torch.Tensor, guidance: float = 1.0):
     """The k-diffusion model the sampler runs: guided when guidance != 1 (one batched forward)."""
-    denoise = flow_map_denoiser(net)
+    denoise = flow_map_denoiser(net, net.family)
     if guidance == 1.0:
         return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
     return guided_denoiser(denoise, cond, negative_condition(cond), guidance)

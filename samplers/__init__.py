@@ -4,7 +4,8 @@ from .flow_map import (FAMILIES, PARAMETRIZATIONS, add_source, average_velocity,
                        denoised_from_velocity, jump, shifted_times, source_estimate, time_inputs)
 from .guidance import (DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT, guided_denoiser, mix,
                        scale_at)
-from .sampling import TARGET_KEY, sample_consistency, sample_flow_map, target_of, with_target
+from .sampling import (TARGET_KEY, flow_map_denoiser, sample_consistency, sample_flow_map, target_of,
+                       with_target)
 from .start import START_MODES, VE_START_MODES, start_point
 
 __all__ = [
@@ -12,5 +13,5 @@ __all__ = [
     "DEFAULT_POSITIVE_PROMPT", "DEFAULT_NEGATIVE_PROMPT",
     "add_source", "average_velocity", "denoised_from_velocity", "jump", "shifted_times",
     "source_estimate", "time_inputs", "guided_denoiser", "mix", "scale_at",
-    "sample_consistency", "sample_flow_map", "target_of", "with_target", "start_point",
+    "flow_map_denoiser", "sample_consistency", "sample_flow_map", "target_of", "with_target", "start_point",
 ]

@@ -15,7 +15,7 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .flow_map import FAMILIES, add_source, jump, source_estimate
+from .flow_map import FAMILIES, add_source, denoised_from_velocity, jump, source_estimate
 
 TARGET_KEY = "onestep_sr_target"
 
@@ -32,6 +32,28 @@ def with_target(extra_args: dict, sigma_to: float, family: str) -> dict:
 def target_of(transformer_options: dict) -> dict | None:
     """What the sampler asked for ({"sigma_to", "family"}), or None outside our samplers."""
     return transformer_options.get(TARGET_KEY)
+
+
+def flow_map_denoiser(net, family: str):
+    """denoise(x, sigma, cond=None, model_options=None) -> pseudo-x0 around a flow-map network
+    net(x, t, s, cond) -> u, the project's network contract.
+
+    family "plain" evaluates the diagonal u(x, t, t) (a flow-matching net: the jump is then an
+    Euler step); every other family reads the jump's target time that the sampler sent.
+    """
+    def denoise(x, sigma, cond=None, model_options=None, **_):
+        t = sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
+        if family == "plain":
+            s = t
+        else:
+            target = target_of((model_options or {}).get("transformer_options", {}))
+            if target is None:
+                raise ValueError("a flow-map network needs the jump's target time: run it through "
+                                 "sample_flow_map / sample_consistency (see with_target)")
+            s = torch.full_like(t, target["sigma_to"])
+        return denoised_from_velocity(x, net(x, t, s, cond), t.view(-1, *([1] * (x.ndim - 1))))
+
+    return denoise
 
 
 def _default_noise(x: torch.Tensor, seed) -> callable:

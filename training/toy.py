@@ -8,8 +8,8 @@ import math
 
 import torch
 
-from ..samplers.flow_map import denoised_from_velocity, shifted_times
-from ..samplers.sampling import sample_flow_map, target_of
+from ..samplers.flow_map import shifted_times
+from ..samplers.sampling import flow_map_denoiser, sample_flow_map
 from .objectives import per_sample
 
 
@@ -130,18 +130,9 @@ class ToyFlowMapNet(torch.nn.Module):
 
 
 def as_denoiser(net, family: str, cond=None):
-    """A k-diffusion style model(x, sigma, **extra_args) -> pseudo-x0 around net(x, t, s, cond).
-
-    family "plain" evaluates the diagonal u(x, t, t) (a flow-matching net: the sampler's jump
-    is then an Euler step); any other family reads the jump's target time from the sampler."""
-    def model(x, sigma, model_options=None, **_):
-        t = sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
-        if family == "plain":
-            s = t
-        else:
-            s = torch.full_like(t, target_of(model_options["transformer_options"])["sigma_to"])
-        return denoised_from_velocity(x, net(x, t, s, cond), per_sample(t, x))
-    return model
+    """A k-diffusion style model(x, sigma, **extra_args) -> pseudo-x0 around net(x, t, s, cond)."""
+    denoise = flow_map_denoiser(net, family)
+    return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
 
 
 @torch.no_grad()
