@@ -369,6 +369,10 @@ def test_only_safetensors_are_read(node, tmp_path):
     path.write_bytes(b"not even a pickle")
     with pytest.raises(ValueError, match="safetensors"):
         node.load_sr_adapter(tiny_models.build_model("sd2"), str(path))
+    renamed = tmp_path / "pickle_in_disguise.safetensors"
+    renamed.write_bytes(b"\x80\x04not a safetensors header")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        node.load_sr_adapter(tiny_models.build_model("sd2"), str(renamed))
 
 
 def test_node_lists_and_loads_adapters_from_the_loras_folder(node, comfy_host):

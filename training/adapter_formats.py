@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 ADAPTER_FORMATS = ("comfy_kohya", "peft_diffusers", "flowsr", "dual_branch")
 FLOWSR_METADATA_KEY = "flowsr_checkpoint_metadata"
@@ -57,10 +57,14 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise ValueError(f"{path.name}: adapters are read from .safetensors files only (pickled .pt/.ckpt/.bin "
                          "files can run code when loaded); convert it to safetensors first")
     tensors = {}
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path.name} is not a readable safetensors file ({err}); if it is a renamed pickle, "
+                         "convert it with safetensors.torch.save_file first") from None
     return tensors, metadata
 
 
