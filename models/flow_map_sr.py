@@ -1,13 +1,21 @@
 """The default SR network: a small two-time flow map on a space-to-depth view.
 
 ``net(x, t, s, cond) -> u``: the average velocity of the jump t -> s (DESIGN §2) for the
-image-space state ``x`` (in [-1, 1], at the output size) given ``cond`` (the LR image
-bicubic-upsampled to the output size, in [-1, 1]). Both are pixel-unshuffled by ``stride``
-and stacked, a diffusers ``UNet2DModel`` runs at 1/stride of the resolution (the issue's
-"learn per FLOP": 10x faster than the same net at full resolution on a CPU), and its output
-is pixel-shuffled back. The UNet's timestep embedding carries t, its second ("class",
-``class_embed_type="timestep"``) embedding carries the family's second time input: d = t - s
-for "shortcut", s for "two_time". There is no scale input: one model serves x4 and x8.
+image-space state ``x`` (in [-1, 1], at the output size). The state is pixel-unshuffled by
+``stride`` (stacked with ``cond`` when ``condition=True``), a diffusers ``UNet2DModel`` runs at
+1/stride of the resolution (the issue's "learn per FLOP": about 10x faster than the same net
+at full resolution on a CPU), and its output is pixel-shuffled back. The UNet's timestep
+embedding carries t, its second ("class", ``class_embed_type="timestep"``) embedding carries the
+family's second time input: d = t - s for "shortcut", s for "two_time". There is no scale
+input: one model serves x4 and x8.
+
+Why the default model has ``condition=False``: in start mode 'lr' the source x1 IS the upsampled
+LR image, so it reaches the network as the state x at t = 1. Giving it a second time as a
+condition makes training degenerate: for every t < 1 the HR image is read off exactly,
+x0 = (x_t - t * cond) / (1 - t), so only samples drawn at exactly t = 1 teach super-resolution
+(measured: +0.02 dB over bicubic after 400 steps). Without the extra condition x_t is an
+ambiguous blend of HR and LR at every t, so every sample teaches (FlowSR and InDI use this
+form). ``cond`` is then accepted for the common interface and ignored.
 
 Any image size works: the input is reflect-padded to a multiple of the total stride and the
 output cropped back, so tiles of any size work too.
@@ -34,20 +42,22 @@ class FlowMapSRNet(nn.Module):
     """Two-time flow-map SR network; ``config`` (JSON-able) rebuilds it exactly."""
 
     def __init__(self, channels: int = 3, stride: int = 4, block_out_channels=(48, 64, 96),
-                 layers_per_block: int = 1, norm_num_groups: int = 16, family: str = "shortcut"):
+                 layers_per_block: int = 1, norm_num_groups: int = 16, family: str = "shortcut",
+                 condition: bool = False):
         super().__init__()
         if family not in NET_FAMILIES:
             raise ValueError(f"family must be one of {NET_FAMILIES}, got {family!r}")
         self.config = {"channels": channels, "stride": stride,
                        "block_out_channels": list(block_out_channels),
                        "layers_per_block": layers_per_block, "norm_num_groups": norm_num_groups,
-                       "family": family}
+                       "family": family, "condition": condition}
         self.family = family
         self.stride = stride
+        self.condition = condition
         levels = len(block_out_channels)
         self.multiple = stride * 2 ** (levels - 1)
         self.unet = UNet2DModel(
-            in_channels=2 * channels * stride**2, out_channels=channels * stride**2,
+            in_channels=(2 if condition else 1) * channels * stride**2, out_channels=channels * stride**2,
             down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
             norm_num_groups=norm_num_groups, class_embed_type="timestep",
@@ -58,7 +68,7 @@ class FlowMapSRNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                 cond: torch.Tensor) -> torch.Tensor:
-        if cond is None or cond.shape != x.shape:
+        if self.condition and (cond is None or cond.shape != x.shape):
             raise ValueError("cond must be the upsampled LR image with the same shape as x "
                              f"{tuple(x.shape)}; got {None if cond is None else tuple(cond.shape)}")
         batch = x.shape[0]
@@ -68,7 +78,7 @@ class FlowMapSRNet(nn.Module):
         second = times["d"] if self.family == "shortcut" else times["s"]
         height, width = x.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
-        stacked = torch.cat([x, cond], dim=1)
+        stacked = torch.cat([x, cond], dim=1) if self.condition else x
         if pad_h or pad_w:
             # reflect needs the pad to be smaller than the side; tiny inputs fall back to replicate
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"

@@ -5,8 +5,8 @@
 
 Data: random HR crops of the training photos (onestep_sr.models.photos; fetch the wallpapers
 first with scripts/fetch_training_photos.sh), ×4 and ×8 mixed per batch, bicubic degradation
-(most batches) or the seeded second-order real-world chain. Start mode 'lr': the source x1 and
-the condition are the LR image bicubic-upsampled to the HR size, in [-1, 1].
+(most batches) or the seeded second-order real-world chain. Start mode 'lr': the source x1 is the LR
+image bicubic-upsampled to the HR size, in [-1, 1].
 Objective: Shortcut self-consistency with FlowSR's HR regularisation (endpoint term), since the
 LR source is deterministic. The run lives in --output-dir (outside the repository by default).
 """
@@ -30,7 +30,8 @@ from onestep_sr.training.trainer import TrainConfig, Trainer
 
 
 def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float):
-    """batches(generator) -> {"x0": HR, "x1": upsampled LR, "cond": upsampled LR}, all in [-1, 1].
+    """batches(generator) -> {"x0": HR, "x1": upsampled LR}, in [-1, 1] (no separate condition:
+    see models/flow_map_sr.py for why the LR enters only as the source).
 
     Every draw comes from the trainer's per-step generator, so a resumed run sees the same data.
     """
@@ -42,8 +43,7 @@ def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float
         scale = int(rng.choice(SCALES))
         lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
               else bicubic_downscale(hr, scale))
-        source = bicubic_upscale(lr, scale) * 2 - 1
-        return {"x0": hr * 2 - 1, "x1": source, "cond": source}
+        return {"x0": hr * 2 - 1, "x1": bicubic_upscale(lr, scale) * 2 - 1}
 
     return draw
 
@@ -57,8 +57,14 @@ def main(argv=None) -> int:
     parser.add_argument("--real-fraction", type=float, default=0.2,
                         help="fraction of batches degraded by the real-world chain instead of bicubic")
     parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--endpoint-weight", type=float, default=1.0)
+    # Shortcut's consistency samples sit on the dyadic grid, where t = 1 (the one-step start) is
+    # frequent (levels 3: 7/12 of them), and the endpoint term regresses every sample's full
+    # jump onto HR; a large consistency fraction and few levels put the compute on exactly the
+    # times a 1-, 2- or 4-step sampler visits.
+    parser.add_argument("--consistency-fraction", type=float, default=0.5)
+    parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=250)
@@ -72,7 +78,8 @@ def main(argv=None) -> int:
 
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
     net = FlowMapSRNet()
-    objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight)
+    objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight, levels=args.levels,
+                               consistency_fraction=args.consistency_fraction)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          progress=not args.no_progress)

@@ -15,8 +15,9 @@ WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "onestep_sr_defau
 MANIFEST = WEIGHTS.with_suffix(".data.json")
 
 
-def tiny_net(family="shortcut"):
-    return FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, family=family).eval()
+def tiny_net(family="shortcut", condition=False):
+    return FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, family=family,
+                        condition=condition).eval()
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def psnr(a, b):
 @pytest.mark.parametrize("family", ["shortcut", "two_time"])
 def test_network_keeps_any_size_and_reads_both_times(family):
     torch.manual_seed(0)
-    net = tiny_net(family)
+    net = tiny_net(family, condition=True)
     torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # undo the zero init to see the inputs
     x, cond = torch.randn(2, 3, 37, 50), torch.randn(2, 3, 37, 50)
     t = torch.tensor([1.0, 0.5])
@@ -45,6 +46,16 @@ def test_network_keeps_any_size_and_reads_both_times(family):
     assert not torch.allclose(u, u_other_cond)
     with pytest.raises(ValueError, match="cond must be"):
         net(x, t, t, None)
+
+
+def test_unconditioned_network_reads_the_lr_only_through_its_state():
+    torch.manual_seed(0)
+    net = tiny_net()
+    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)
+    x, t, s = torch.randn(1, 3, 20, 24), torch.ones(1), torch.zeros(1)
+    with torch.no_grad():
+        assert torch.equal(net(x, t, s, None), net(x, t, s, torch.randn_like(x)))
+        assert not torch.allclose(net(x, t, s, None), net(x.flip(-1), t, s, None))
 
 
 def test_untrained_network_upscales_exactly_like_bicubic():
