@@ -154,7 +154,8 @@ class InProcessHost:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         self.stock_node_types = set(nodes.NODE_CLASS_MAPPINGS)
         self.extension_path = self.base / "custom_nodes" / EXTENSION_LINK
-        self.extension_loaded = asyncio.run(nodes.load_custom_node(str(self.extension_path), module_parent="custom_nodes"))
+        self.extension_loaded = asyncio.run(
+            nodes.load_custom_node(str(self.extension_path), module_parent="custom_nodes"))
         # load_custom_node names a folder's module after its path
         self.extension_module = sys.modules.get(str(self.extension_path).replace(".", "_x_"))
         self.extension_nodes = {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
@@ -165,6 +166,7 @@ class InProcessHost:
 
     @staticmethod
     def graph():
+        """new_graph(), at hand on the fixture."""
         return new_graph()
 
     def validate(self, prompt):
