@@ -90,6 +90,7 @@ class OneStepSRLoadModel:
         }}
 
     RETURN_TYPES = ("MODEL", "VAE")
+    RETURN_NAMES = ("model", "vae")
     FUNCTION = "load"
     CATEGORY = "OneStep SR/loaders"
     DESCRIPTION = ("Loads the OneStep SR default model: a small pixel-space flow-map SR network that runs on a "

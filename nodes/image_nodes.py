@@ -141,6 +141,7 @@ class OneStepSRDecode:
         }}
 
     RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
     FUNCTION = "decode"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Decodes an SR latent and crops it to the exact output size, re-attaching alpha "
@@ -160,6 +161,7 @@ class OneStepSRColourFix:
         }}
 
     RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
     FUNCTION = "fix"
     CATEGORY = CATEGORY
     DESCRIPTION = "Colour correction: matches an SR output's colours to its LR input."

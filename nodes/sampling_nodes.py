@@ -64,6 +64,7 @@ class OneStepSRSchedule:
         }}
 
     RETURN_TYPES = ("SIGMAS",)
+    RETURN_NAMES = ("sigmas",)
     FUNCTION = "schedule"
     CATEGORY = CATEGORY
     DESCRIPTION = "The any-step flow-map schedule: steps + 1 times from t_start down to 0."
@@ -83,6 +84,7 @@ class OneStepSRFlowMapSampler:
         }}
 
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
     FUNCTION = "get_sampler"
     CATEGORY = CATEGORY
     DESCRIPTION = "One-step and any-step flow-map sampler for super-resolution (use with SamplerCustomAdvanced)."
@@ -100,6 +102,7 @@ class OneStepSRConsistencySampler:
         }}
 
     RETURN_TYPES = ("SAMPLER",)
+    RETURN_NAMES = ("sampler",)
     FUNCTION = "get_sampler"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Consistency sampler: every step jumps straight to the HR estimate; with more than one "
@@ -124,6 +127,7 @@ class OneStepSRGuider:
         }}
 
     RETURN_TYPES = ("GUIDER",)
+    RETURN_NAMES = ("guider",)
     FUNCTION = "get_guider"
     CATEGORY = CATEGORY
     DESCRIPTION = "Positive/negative prompt guidance generalised to flow maps, batched in one forward."

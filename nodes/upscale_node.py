@@ -107,6 +107,7 @@ class OneStepSRUpscale:
         }}
 
     RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
     FUNCTION = "upscale"
     CATEGORY = "OneStep SR"
     DESCRIPTION = "One-click one-step / any-step diffusion super-resolution."
