@@ -99,3 +99,24 @@ def test_failing_node_reports_its_error_and_the_server_keeps_working(comfy_serve
     good, _, good_save = _upscale(comfy_server, 2.0, seed=2)
     entry = comfy_server.wait_history(comfy_server.queue_prompt(good))
     assert entry["status"]["status_str"] == "success", _history_error(entry)
+
+
+def test_cancel_interrupts_a_tiled_upscale_and_the_server_keeps_serving(comfy_server):
+    import time
+
+    prompt, _, _ = _upscale(comfy_server, 16.0, tile_size=128)  # 640 x 768 px out: about 120 latent tiles
+    prompt_id = comfy_server.queue_prompt(prompt)
+    deadline = time.monotonic() + 60
+    while not comfy_server.get_json("/queue")["queue_running"]:
+        assert time.monotonic() < deadline, comfy_server.log_tail()
+        time.sleep(0.05)
+    time.sleep(0.2)
+    comfy_server.post_json("/interrupt", {})
+    entry = comfy_server.wait_history(prompt_id)
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in events, events
+
+    good, _, good_save = _upscale(comfy_server, 2.0, seed=3)
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(good))
+    assert entry["status"]["status_str"] == "success", _history_error(entry)
+    assert entry["outputs"][good_save]["images"]

@@ -249,3 +249,24 @@ def test_steps_below_one_fail_validation(comfy_host):
     run = comfy_host.run_prompt(prompt)
     assert not run.valid
     assert "steps" in run.failure()
+
+
+def test_cancel_stops_the_node_within_one_tile(ext):
+    import comfy.model_management
+
+    model = tiny_models.build_model("sd3").clone()
+    calls = []
+
+    def interrupt_during_third_tile(apply_model, args):
+        calls.append(args["input"].shape)
+        if len(calls) == 3:
+            comfy.model_management.interrupt_current_processing(True)  # what ComfyUI's Cancel does
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(interrupt_during_third_tile)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            one_click(ext, model, "sd3", lr_image(4, 160, 160), steps=1, tile_size=128)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert len(calls) == 3  # the tile in flight finished, no further tile started
