@@ -20,22 +20,38 @@ from .degrade import bicubic_downscale, bicubic_upscale
 START_MODE = "lr"
 
 
-def negative_condition(cond: torch.Tensor) -> torch.Tensor:
-    """The default model's "negative prompt": its condition blurred further (through a 2x
-    coarser LR), so guidance w > 1 steers away from what a blurrier input would give."""
-    height, width = cond.shape[-2:]
-    coarse = bicubic_downscale(cond[..., : height // 2 * 2, : width // 2 * 2], 2)
+def softened(x: torch.Tensor) -> torch.Tensor:
+    """What the default model's "negative prompt" sees: the state through a 2x coarser image.
+
+    The network takes no text, so its negative branch is its own answer for a blurrier input;
+    guidance w > 1 steers the jump away from that (FlowMapSR's negative "blurry, oversmoothed")."""
+    height, width = x.shape[-2:]
+    coarse = bicubic_downscale(x[..., : height // 2 * 2, : width // 2 * 2], 2)
     blurred = bicubic_upscale(coarse, 2)
     return torch.nn.functional.pad(blurred, (0, width - blurred.shape[-1], 0, height - blurred.shape[-2]),
                                    mode="replicate")
 
 
+def soften_where(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
+    """x with the samples whose flag is set replaced by `softened` (flags: one per sample)."""
+    return torch.where(flags.reshape(-1, *([1] * (x.ndim - 1))).bool(), softened(x), x)
+
+
 def sr_model(net, cond: torch.Tensor, guidance: float = 1.0):
-    """The k-diffusion model the sampler runs: guided when guidance != 1 (one batched forward)."""
+    """The k-diffusion model the sampler runs: guided when guidance != 1, with the positive and
+    the softened negative branch in one batched forward."""
     denoise = flow_map_denoiser(net, net.family)
     if guidance == 1.0:
         return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
-    return guided_denoiser(denoise, cond, negative_condition(cond), guidance)
+
+    def branches(x, sigma, flags, **extra_args):
+        seen = soften_where(x, flags)
+        # the velocity of the softened state, applied at the real state: the branches differ in u
+        # alone, so the mix is guidance on u (DESIGN §3), as in ComfyUI's CFG on this model
+        return denoise(seen, sigma, cond.repeat(x.shape[0] // cond.shape[0], 1, 1, 1), **extra_args) + (x - seen)
+
+    batch = cond.shape[0]
+    return guided_denoiser(branches, torch.zeros(batch), torch.ones(batch), guidance)
 
 
 def _check(image: torch.Tensor, scale: int, steps: int) -> None:
@@ -57,7 +73,7 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
 
     Greyscale is expanded to RGB for the network and averaged back; alpha is upscaled by
     bicubic and carried through. gamma > 0 re-noises between steps (seeded by `seed`);
-    guidance w != 1 mixes in the `negative_condition` branch.
+    guidance w != 1 steers away from the `softened` negative branch.
     """
     _check(image, scale, steps)
     channels = image.shape[1]

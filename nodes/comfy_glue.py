@@ -64,9 +64,14 @@ def family_choice(choice: str) -> str | None:
     return None if choice == "auto" else choice
 
 
-def empty_conditioning() -> list:
-    """CONDITIONING for models that take no text (the OneStep SR default model ignores it)."""
-    return [[torch.zeros(1, 1, 1), {}]]
+# On a text-free model's negative CONDITIONING: that branch sees the softened state instead.
+SOFTENED_KEY = "onestep_sr_softened"
+
+
+def empty_conditioning(negative: bool = False) -> list:
+    """CONDITIONING for models that take no text (the OneStep SR default model): the positive
+    is empty; the negative asks for the model's answer on a blurrier input (models/pipeline.py)."""
+    return [[torch.zeros(1, 1, 1), {SOFTENED_KEY: True} if negative else {}]]
 
 
 def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str | None = None, **options):

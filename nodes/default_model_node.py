@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import comfy.conds
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
@@ -17,8 +18,9 @@ import folder_paths
 import torch
 
 from ..models.flow_map_sr import FlowMapSRNet, load_model
+from ..models.pipeline import soften_where
 from ..samplers import target_of
-from .comfy_glue import MODEL_INFO_KEY
+from .comfy_glue import MODEL_INFO_KEY, SOFTENED_KEY
 
 FOLDER = "onestep_sr"
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
@@ -46,8 +48,10 @@ class FlowMapSRDiffusionModel(torch.nn.Module):
     def dtype(self) -> torch.dtype:  # ComfyUI's BaseModel.get_dtype reads it
         return next(self.parameters()).dtype
 
-    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **_):
+    def forward(self, x, timesteps, context=None, control=None, transformer_options={}, softened=None, **_):
         x, lr = x.chunk(2, dim=1)
+        if softened is not None:
+            x = soften_where(x, softened)
         target = target_of(transformer_options)
         s = timesteps if target is None else torch.full_like(timesteps, target["sigma_to"])
         return self.net(x, timesteps, s, lr)
@@ -64,6 +68,13 @@ class FlowMapSRComfyModel(comfy.model_base.BaseModel):
     def concat_cond(self, **kwargs):
         """The LR image (the sampler's latent_image) is the network's condition."""
         return comfy.utils.resize_to_batch_size(kwargs["latent_image"], kwargs["noise"].shape[0])
+
+    def extra_conds(self, **kwargs):
+        """A per-sample flag: 1 on the negative CONDITIONING (see comfy_glue.empty_conditioning),
+        whose branch sees the softened state; both branches carry it so ComfyUI batches them."""
+        out = super().extra_conds(**kwargs)
+        out["softened"] = comfy.conds.CONDRegular(torch.tensor([float(kwargs.get(SOFTENED_KEY, False))]))
+        return out
 
 
 def load_default_model(path: str):

@@ -124,7 +124,7 @@ class OneStepSRConditioning:
                   positive=None, negative=None):
         latent = encode_lr(vae, image, *target_size(image, scale_by, width, height), upscale_method, vae_tile_size)
         if positive is None:  # text-free models (the OneStep SR default model) still need a CONDITIONING
-            positive, negative = empty_conditioning(), empty_conditioning()
+            positive, negative = empty_conditioning(), empty_conditioning(negative=True)
         if lr_as_reference:
             positive = None if positive is None else with_lr_reference(positive, latent)
             negative = None if negative is None else with_lr_reference(negative, latent)

@@ -56,7 +56,7 @@ def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shi
             positive=None, negative=None):
     """Encode -> flow-map sampling (tiled) -> decode -> colour fix, as the graph form does it."""
     if positive is None and not model_info(model)["needs_text"]:
-        positive = empty_conditioning()
+        positive, negative = empty_conditioning(), empty_conditioning(negative=True)
     if positive is None:
         raise ValueError("OneStep SR Upscale: connect a 'positive' CONDITIONING (e.g. from 'OneStep SR "
                          "Prompts' or CLIP Text Encode); diffusion models need their text conditioning")

@@ -270,3 +270,26 @@ def test_cancel_stops_the_node_within_one_tile(ext):
     finally:
         comfy.model_management.interrupt_current_processing(False)
     assert len(calls) == 3  # the tile in flight finished, no further tile started
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance):
+    from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
+    from onestep_sr.models.pipeline import upscale
+
+    torch.manual_seed(0)
+    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8).eval()
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    save_model(net, str(tmp_path / "net.safetensors"))
+    model, vae = ext["default_model_node"].load_default_model(str(tmp_path / "net.safetensors"))
+    image = lr_image(3)
+    out = ext["upscale_node"].upscale(model=model, vae=vae, image=image, scale_by=4.0, steps=2, family="auto",
+                                      start_mode="lr", t_start=1.0, shift=1.0, gamma=0.0, bridge_scale=1.0,
+                                      guidance=guidance, seed=0)
+    reference = upscale(net, image.permute(0, 3, 1, 2), 4, steps=2, guidance=guidance).permute(0, 2, 3, 1)
+    assert out.shape == (1, 4 * LR_H, 4 * LR_W, 3)
+    assert (out - reference).abs().max() <= 1e-5
+    if guidance != 1.0:
+        plain = upscale(net, image.permute(0, 3, 1, 2), 4, steps=2).permute(0, 2, 3, 1)
+        assert (out - plain).abs().max() > 1e-3  # the softened negative branch does steer
