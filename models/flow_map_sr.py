@@ -16,6 +16,10 @@ x0 = (x_t - t * cond) / (1 - t), so only samples drawn at exactly t = 1 teach su
 (measured: +0.02 dB over bicubic after 400 steps). Without the extra condition x_t is an
 ambiguous blend of HR and LR at every t, so every sample teaches (FlowSR and InDI use this
 form). ``cond`` is then accepted for the common interface and ignored.
+Even so x_t still nearly reveals HR at t < 1 (bicubic down-up is close to a projection, so the
+missing detail survives in x_t scaled by 1 - t); the source therefore carries a little seeded
+Gaussian noise, ``source_noise`` (config; `pipeline.lr_source`), which hides that detail
+where it matters, near t = 1, as the SD x4 upscaler's noise augmentation does.
 
 Any image size works: the input is reflect-padded to a multiple of the total stride and the
 output cropped back, so tiles of any size work too.
@@ -43,17 +47,19 @@ class FlowMapSRNet(nn.Module):
 
     def __init__(self, channels: int = 3, stride: int = 4, block_out_channels=(48, 64, 96),
                  layers_per_block: int = 1, norm_num_groups: int = 16, family: str = "shortcut",
-                 condition: bool = False):
+                 condition: bool = False, source_noise: float = 0.0):
         super().__init__()
         if family not in NET_FAMILIES:
             raise ValueError(f"family must be one of {NET_FAMILIES}, got {family!r}")
         self.config = {"channels": channels, "stride": stride,
                        "block_out_channels": list(block_out_channels),
                        "layers_per_block": layers_per_block, "norm_num_groups": norm_num_groups,
-                       "family": family, "condition": condition}
+                       "family": family, "condition": condition, "source_noise": source_noise}
         self.family = family
         self.stride = stride
         self.condition = condition
+        # the std of the Gaussian noise added to the LR source (pipeline.lr_source); not used here
+        self.source_noise = source_noise
         levels = len(block_out_channels)
         self.multiple = stride * 2 ** (levels - 1)
         self.unet = UNet2DModel(

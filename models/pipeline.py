@@ -1,7 +1,8 @@
 """Upscale images with a flow-map SR network: the pure pipeline the CLI, nodes and benchmark share.
 
 Start mode 'lr' (FlowSR): x at t = 1 is the LR image bicubic-upsampled to the output size in
-[-1, 1]; the same image is the network's condition. The any-step sampler of
+[-1, 1] plus the model's seeded source noise (`lr_source`); the clean upsampled LR is passed
+as the condition (a model with condition=False ignores it). The any-step sampler of
 `samplers.sampling` runs over `shifted_times(steps)`; a small wrapper turns the network's
 average velocity into the pseudo-x0 the sampler expects, for the target time the sampler
 puts in transformer_options.
@@ -18,6 +19,16 @@ from ..samplers.start import start_point
 from .degrade import bicubic_downscale, bicubic_upscale
 
 START_MODE = "lr"
+
+
+def lr_source(lr_up: torch.Tensor, source_noise: float, generator: torch.Generator) -> torch.Tensor:
+    """The flow's source x1: the upsampled LR image (in [-1, 1]) plus Gaussian noise of std
+    `source_noise` drawn from `generator` (on the CPU, so a seed gives the same source anywhere).
+    Training and sampling both build the source here."""
+    if source_noise == 0:
+        return lr_up
+    noise = torch.randn(lr_up.shape, generator=generator, dtype=torch.float32)
+    return lr_up + source_noise * noise.to(device=lr_up.device, dtype=lr_up.dtype)
 
 
 def softened(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +92,8 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
     param = next(net.parameters(), None)
     device, dtype = (param.device, param.dtype) if param is not None else (image.device, image.dtype)
     cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
-    x = start_point(START_MODE, cond, torch.zeros_like(cond), 1.0)
+    source = lr_source(cond, getattr(net, "source_noise", 0.0), torch.Generator().manual_seed(seed))
+    x = start_point(START_MODE, source, torch.zeros_like(cond), 1.0)
     extra_args = {"model_options": {}, "seed": seed}
     x = sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(device),
                         extra_args, disable=True, family=net.family, gamma=gamma)

@@ -24,14 +24,14 @@ import torch
 from onestep_sr.models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
 from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
 from onestep_sr.models.photos import CropSampler, write_manifest
-from onestep_sr.models.pipeline import START_MODE
+from onestep_sr.models.pipeline import START_MODE, lr_source
 from onestep_sr.training.objectives import make_objective
 from onestep_sr.training.trainer import TrainConfig, Trainer
 
 
-def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float):
-    """batches(generator) -> {"x0": HR, "x1": upsampled LR}, in [-1, 1] (no separate condition:
-    see models/flow_map_sr.py for why the LR enters only as the source).
+def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, source_noise: float):
+    """batches(generator) -> {"x0": HR, "x1": upsampled LR + source noise}, in [-1, 1] (no
+    separate condition: see models/flow_map_sr.py for why the LR enters only as the source).
 
     Every draw comes from the trainer's per-step generator, so a resumed run sees the same data.
     """
@@ -43,7 +43,9 @@ def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float
         scale = int(rng.choice(SCALES))
         lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
               else bicubic_downscale(hr, scale))
-        return {"x0": hr * 2 - 1, "x1": bicubic_upscale(lr, scale) * 2 - 1}
+        source = lr_source(bicubic_upscale(lr, scale) * 2 - 1, source_noise,
+                           torch.Generator().manual_seed(int(rng.integers(2**62))))
+        return {"x0": hr * 2 - 1, "x1": source}
 
     return draw
 
@@ -59,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--endpoint-weight", type=float, default=1.0)
+    parser.add_argument("--source-noise", type=float, default=0.1,
+                        help="std of the Gaussian noise on the LR source, in [-1, 1] units")
     # Shortcut's consistency samples sit on the dyadic grid, where t = 1 (the one-step start) is
     # frequent (levels 3: 7/12 of them), and the endpoint term regresses every sample's full
     # jump onto HR; a large consistency fraction and few levels put the compute on exactly the
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
-    net = FlowMapSRNet()
+    net = FlowMapSRNet(source_noise=args.source_noise)
     objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight, levels=args.levels,
                                consistency_fraction=args.consistency_fraction)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
@@ -89,8 +93,8 @@ def main(argv=None) -> int:
                 "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
                 "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction,
                 CONFIG_KEY: net.config}
-    trainer = Trainer(net, objective, sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction),
-                      config, metadata=metadata)
+    batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, args.source_noise)
+    trainer = Trainer(net, objective, batches, config, metadata=metadata)
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.1f} samples/s)")
     if args.export:
