@@ -25,10 +25,8 @@ def lr_source(lr_up: torch.Tensor, source_noise: float, generator: torch.Generat
     """The flow's source x1: the upsampled LR image (in [-1, 1]) plus Gaussian noise of std
     `source_noise` drawn from `generator` (on the CPU, so a seed gives the same source anywhere).
     Training and sampling both build the source here."""
-    if source_noise == 0:
-        return lr_up
-    noise = torch.randn(lr_up.shape, generator=generator, dtype=torch.float32)
-    return lr_up + source_noise * noise.to(device=lr_up.device, dtype=lr_up.dtype)
+    noise = torch.randn(lr_up.shape, generator=generator, dtype=torch.float32).to(lr_up)
+    return start_point(START_MODE, lr_up, noise, 1.0, source_noise=source_noise)
 
 
 def softened(x: torch.Tensor) -> torch.Tensor:
@@ -92,8 +90,8 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
     param = next(net.parameters(), None)
     device, dtype = (param.device, param.dtype) if param is not None else (image.device, image.dtype)
     cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
-    source = lr_source(cond, getattr(net, "source_noise", 0.0), torch.Generator().manual_seed(seed))
-    x = start_point(START_MODE, source, torch.zeros_like(cond), 1.0)
+    # the same noise as ComfyUI's prepare_noise(latent, seed), so the node and the CLI agree
+    x = lr_source(cond, net.source_noise, torch.Generator().manual_seed(seed))
     extra_args = {"model_options": {}, "seed": seed}
     x = sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(device),
                         extra_args, disable=True, family=net.family, gamma=gamma)

@@ -10,9 +10,10 @@ import torch
 from ..samplers import FAMILIES, START_MODES, VE_START_MODES, start_point
 
 # Set on a ModelPatcher's model_options by loaders of OneStep SR models:
-# {"families": the families it takes, "needs_text": whether it needs a text CONDITIONING}.
+# {"families": the families it takes, "needs_text": whether it needs a text CONDITIONING,
+#  "source_noise": the std of the noise on its LR source it was trained with}.
 MODEL_INFO_KEY = "onestep_sr_model"
-NATIVE_MODEL_INFO = {"families": ("plain",), "needs_text": True}
+NATIVE_MODEL_INFO = {"families": ("plain",), "needs_text": True, "source_noise": 0.0}
 
 
 def model_info(model_patcher) -> dict:
@@ -91,7 +92,8 @@ def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str 
         check_start_mode(start_mode, parametrization)
         if parametrization == "flow":
             lr_latent = model.latent_image if model.latent_image is not None else torch.zeros_like(x)
-            x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale).to(x)
+            x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale,
+                            model_info(guider.model_patcher)["source_noise"]).to(x)
         return sample_fn(model, x, sigmas, extra_args, callback, disable,
                          family=check_family(guider.model_patcher, family),
                          parametrization=parametrization, **options)

@@ -87,7 +87,8 @@ def load_default_model(path: str):
     model.diffusion_model.net.load_state_dict(net.state_dict())
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                                offload_device=comfy.model_management.unet_offload_device())
-    patcher.model_options[MODEL_INFO_KEY] = {"families": (net.family,), "needs_text": False}
+    patcher.model_options[MODEL_INFO_KEY] = {"families": (net.family,), "needs_text": False,
+                                             "source_noise": net.source_noise}
     vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
     return patcher, vae
 

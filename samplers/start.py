@@ -21,8 +21,12 @@ VE_START_MODES = ("noise", "noised_lr")
 
 
 def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor, t: float,
-                bridge_scale: float = 1.0) -> torch.Tensor:
-    """The sampler's first x for `mode` at start time t (flow parametrization)."""
+                bridge_scale: float = 1.0, source_noise: float = 0.0) -> torch.Tensor:
+    """The sampler's first x for `mode` at start time t (flow parametrization).
+
+    source_noise (modes lr, lr_at_T): the std of Gaussian noise on the LR source, for models
+    trained with that noise augmentation (as the SD x4 upscaler is), x = z_lr + source_noise * noise.
+    """
     if mode not in START_MODES:
         raise ValueError(f"start mode must be one of {START_MODES}, got {mode!r}")
     if not 0.0 < t <= 1.0:
@@ -31,7 +35,7 @@ def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor, t: floa
         raise ValueError(f"start mode 'lr' starts at t = 1, but the schedule starts at {t}; "
                          "use 'lr_at_T' to start the LR latent at an earlier time")
     if mode in ("lr", "lr_at_T"):
-        return lr_latent.clone()
+        return lr_latent + source_noise * noise if source_noise else lr_latent.clone()
     if mode == "noise":
         return noise.clone()
     if mode == "noised_lr":

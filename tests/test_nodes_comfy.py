@@ -278,7 +278,7 @@ def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance):
     from onestep_sr.models.pipeline import upscale
 
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8).eval()
+    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, source_noise=0.1).eval()
     for parameter in net.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     save_model(net, str(tmp_path / "net.safetensors"))

@@ -134,6 +134,7 @@ def test_start_modes_build_the_right_points():
     lr, noise = torch.full((1, 4), 2.0), torch.full((1, 4), -1.0)
     assert torch.equal(start_point("lr", lr, noise, 1.0), lr)
     assert torch.equal(start_point("lr_at_T", lr, noise, 0.6), lr)
+    assert torch.allclose(start_point("lr", lr, noise, 1.0, source_noise=0.5), torch.full((1, 4), 1.5))
     assert torch.equal(start_point("noise", lr, noise, 1.0), noise)
     assert torch.allclose(start_point("noised_lr", lr, noise, 0.25), torch.full((1, 4), 1.25))
     bridge = start_point("bridge", lr, noise, 0.5, bridge_scale=2.0)
