@@ -25,8 +25,9 @@ from onestep_sr.models.degrade import SCALES, bicubic_downscale, bicubic_upscale
 from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
 from onestep_sr.models.photos import CropSampler, write_manifest
 from onestep_sr.models.pipeline import START_MODE, lr_source
+from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.objectives import make_objective
-from onestep_sr.training.trainer import TrainConfig, Trainer
+from onestep_sr.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 
 
 def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, source_noise: float):
@@ -89,12 +90,20 @@ def main(argv=None) -> int:
                          progress=not args.no_progress)
     command = "python scripts/train_default.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]))
+    # every command that shaped the run, with the step it resumed from: the full recipe
+    checkpoint = Path(args.output_dir) / CHECKPOINT_NAME
+    previous = read_metadata(checkpoint) if checkpoint.exists() else {}
+    history = previous.get("training_commands", []) + [
+        {"from_step": previous.get("step", 0), "command": command.strip()}]
     metadata = {"family": net.family, "start_mode": START_MODE, "scales": list(SCALES),
                 "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
+                "training_commands": history,
                 "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction,
                 CONFIG_KEY: net.config}
     batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, args.source_noise)
     trainer = Trainer(net, objective, batches, config, metadata=metadata)
+    for group in trainer.optimizer.param_groups:  # a resumed run takes this run's --lr
+        group["lr"] = args.lr
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.1f} samples/s)")
     if args.export:
