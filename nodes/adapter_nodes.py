@@ -441,7 +441,8 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
     trainer = AdversarialLoRATrainer(
         net, LoraSpec(rank=rank, target_modules=DEFAULT_TARGETS), objective,
-        sr_batches(sampler, batch_size, crop_size, real_degradation, scales=(scale,)), config, probe=probe,
+        sr_batches(sampler, batch_size, crop_size, real_degradation, net.source_noise, scales=(scale,)), config,
+        probe=probe,
         discriminator=discriminator,
         metadata={"family": net.family, "base_model": "OneStep SR default model (ComfyUI MODEL)",
                   "base_model_state_sha256": base_sha, "hr_images": len(sampler.images), "batch": batch_size,

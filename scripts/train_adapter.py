@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, scaling 1)")
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="LoRA target module names")
     parser.add_argument("--discriminator", choices=DISCRIMINATORS, default="features")
+    parser.add_argument("--feature-time", type=float, default=0.25,
+                        help="features discriminator: time on the LR -> HR path its backbone sees the image at")
     parser.add_argument("--gan-loss", choices=GAN_LOSSES, default="hinge")
     parser.add_argument("--adversarial-weight", type=float, default=0.05)
     parser.add_argument("--reconstruction", choices=RECONSTRUCTIONS, default="l1")
@@ -94,9 +96,11 @@ def main(argv=None) -> int:
                 "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
                 "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction}
     probe = (torch.zeros(1, 3, args.crop, args.crop), torch.zeros(1, 3, args.crop, args.crop))
-    trainer = AdversarialLoRATrainer(net, spec, objective, sr_batches(CropSampler(), args.batch, args.crop,
-                                                                     args.real_fraction),
-                                     config, probe=probe, discriminator=args.discriminator, metadata=metadata)
+    batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, net.source_noise)
+    trainer = AdversarialLoRATrainer(net, spec, objective, batches,
+                                     config, probe=probe, discriminator=args.discriminator, metadata=metadata,
+                                     discriminator_options=({"feature_time": args.feature_time}
+                                                            if args.discriminator == "features" else None))
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.2f} samples/s)")
     if args.export:

@@ -1,4 +1,4 @@
-"""SR training batches for the flow-map trainer: HR crops, their degraded LR, both in [-1, 1].
+"""SR training batches for the flow-map trainer: HR crops, their degraded LR, in [-1, 1].
 
 `sr_batches` draws every random choice from the trainer's per-step generator, so a resumed run
 sees the same data; `ImageCrops` samples crops from any set of HR images (an IMAGE batch or a
@@ -12,6 +12,7 @@ import torch
 
 from ..models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
 from ..models.photos import CropSampler
+from ..models.pipeline import lr_source
 
 
 class ImageCrops(CropSampler):
@@ -28,10 +29,14 @@ class ImageCrops(CropSampler):
         self.weights = areas / areas.sum()
 
 
-def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, scales=SCALES):
-    """batches(generator) -> {"x0": HR, "x1": upsampled LR, "cond": upsampled LR}, all in [-1, 1]:
-    one scale of `scales` per batch, the bicubic or (with probability real_fraction) the seeded
-    real-world degradation, start mode 'lr' (the source is the bicubic-upsampled LR image)."""
+def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, source_noise: float = 0.0,
+               scales=SCALES):
+    """batches(generator) -> {"x0": HR, "x1": source, "cond": upsampled LR}, all in [-1, 1]: one
+    scale of `scales` per batch, the bicubic or (with probability real_fraction) the seeded
+    real-world degradation, start mode 'lr': the source is the bicubic-upsampled LR image plus
+    Gaussian noise of std `source_noise` (models.pipeline.lr_source, as the default model
+    samples). "cond" is the clean upsampled LR: networks without a condition input ignore it,
+    the SR discriminators see it beside the image."""
 
     def draw(generator: torch.Generator) -> dict:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
@@ -40,7 +45,8 @@ def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float
         scale = int(rng.choice(scales))
         lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
               else bicubic_downscale(hr, scale))
-        source = bicubic_upscale(lr, scale) * 2 - 1
-        return {"x0": hr * 2 - 1, "x1": source, "cond": source}
+        upsampled = bicubic_upscale(lr, scale) * 2 - 1
+        source = lr_source(upsampled, source_noise, torch.Generator().manual_seed(int(rng.integers(2**62))))
+        return {"x0": hr * 2 - 1, "x1": source, "cond": upsampled}
 
     return draw
