@@ -12,6 +12,7 @@ processes falls on both, and reports the best of the repeats.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +24,8 @@ from timing import time_runs
 
 from onestep_sr.models.degrade import bicubic_downscale, bicubic_upscale
 from onestep_sr.models.photos import held_out_image
-from onestep_sr.models.pipeline import START_MODE, flow_map_denoiser, upscale as pipeline_upscale
+from onestep_sr.models.pipeline import START_MODE, lr_source, upscale as pipeline_upscale
 from onestep_sr.processing.images import bchw_to_bhwc, bhwc_to_bchw
-from onestep_sr.samplers.start import start_point
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 SCALE = 4
@@ -87,10 +87,8 @@ class ComfySession:
         node_module = sys.modules[self.host.extension_nodes["OneStepSR_Upscale"].__module__]
         loader_module = sys.modules[self.host.extension_nodes["OneStepSR_LoadModel"].__module__]
         image_module = sys.modules[self.host.extension_nodes["OneStepSR_Conditioning"].__module__]
-        glue_module = sys.modules[node_module.empty_conditioning.__module__]
         self.upscale_node, self.decode_sr = node_module.upscale, image_module.decode_sr
         self.condition = image_module.OneStepSRConditioning().condition
-        self.empty = glue_module.empty_conditioning
         self.model, self.vae = loader_module.load_default_model(str(weights))
         self.net = self.model.model.diffusion_model.net  # the very weights ComfyUI samples with
         self.counter = EvaluationCounter(self.net)
@@ -102,14 +100,14 @@ class ComfySession:
 
     def node(self, lr_bchw: torch.Tensor, steps: int = 1, guidance: float = 1.0, auto_tile: bool = False) -> torch.Tensor:
         """The one-click node, as ComfyUI's executor calls it (inference mode), with one tile covering
-        the image (the same work as the bare pipeline) or, with `auto_tile`, the node's automatic tile."""
-        negative = self.empty() if guidance != 1.0 else None
+        the image (the same work as the bare pipeline) or, with `auto_tile`, the node's automatic tile.
+        No conditioning is connected: for the default model the node supplies its own positive and
+        (softened-input) negative branches."""
         tile_size = 0 if auto_tile else SCALE * max(lr_bchw.shape[-2:])
         with torch.inference_mode():
             out = self.upscale_node(model=self.model, vae=self.vae, image=bchw_to_bhwc(lr_bchw), scale_by=float(SCALE),
                                     steps=steps, family="auto", start_mode=START_MODE, t_start=1.0, shift=1.0,
-                                    gamma=0.0, bridge_scale=1.0, guidance=guidance, seed=0, tile_size=tile_size,
-                                    negative=negative)
+                                    gamma=0.0, bridge_scale=1.0, guidance=guidance, seed=0, tile_size=tile_size)
         return bhwc_to_bchw(out)
 
     def pipeline(self, lr_bchw: torch.Tensor, steps: int = 1) -> torch.Tensor:
@@ -120,7 +118,7 @@ class ComfySession:
     def network_only(self, lr_bchw: torch.Tensor):
         """A callable running just the one network evaluation of a 1-step upscale, inputs prepared."""
         cond = bicubic_upscale(lr_bchw, SCALE) * 2 - 1
-        x = start_point(START_MODE, cond, torch.zeros_like(cond), 1.0)
+        x = lr_source(cond, self.net.source_noise, torch.Generator().manual_seed(0))
         t, s = torch.ones(1), torch.zeros(1)
 
         def run():
@@ -141,7 +139,8 @@ class ComfySession:
     def stock_euler_from_lr(self, lr_bchw: torch.Tensor, steps: int) -> torch.Tensor:
         """ComfyUI's stock euler sampler and 'simple' schedule through CFGGuider (what
         SamplerCustomAdvanced runs), started where this model's flow starts: at t = 1 the state is
-        the upscaled LR image itself (passed as the 'noise', since x_1 = 1 * noise + 0 * latent)."""
+        the model's source, the upscaled LR image plus its seeded source noise (models.pipeline.lr_source),
+        passed as the 'noise' since ComfyUI starts flows at x_1 = 1 * noise + 0 * latent."""
         with torch.inference_mode():
             positive, _, latent = self._encode(lr_bchw)
             guider = self.comfy_samplers.CFGGuider(self.model)
@@ -150,7 +149,8 @@ class ComfySession:
             sigmas = self.comfy_samplers.calculate_sigmas(self.model.get_model_object("model_sampling"), "simple",
                                                           steps)
             samples = latent["samples"]
-            out = guider.sample(samples.clone(), samples, self.comfy_samplers.sampler_object("euler"), sigmas, seed=0,
+            source = lr_source(samples, self.net.source_noise, torch.Generator().manual_seed(0))
+            out = guider.sample(source, samples, self.comfy_samplers.sampler_object("euler"), sigmas, seed=0,
                                 disable_pbar=True)
             return bhwc_to_bchw(self.decode_sr(self.vae, {**latent, "samples": out}))
 
@@ -161,27 +161,34 @@ class ComfySession:
 # ---------------------------------------------------------------- sections
 
 
+def paired_ratio(stats: dict, numerator: str, denominator: str, key: str = "runs") -> float:
+    """Median over the interleaved repeats of numerator / denominator: each pair ran back to back,
+    under about the same load from other processes."""
+    return statistics.median(a / b for a, b in zip(stats[numerator][key], stats[denominator][key]))
+
+
 def overhead(session: ComfySession, sides: list[int], repeats: int) -> list[dict]:
-    """Section 1: one-click node vs the bare work, for LR inputs of each side (x4 outputs)."""
+    """Section 1: one-click node vs the bare work, for LR inputs of each side (x4 outputs); the
+    node with its automatic tile once, at the smallest side."""
     rows = []
     photo = held_out_image("skimage/chelsea.png", 1024)
     for side in sides:
         lr = bicubic_upscale(photo, 8)[..., :side, :side].contiguous()  # a photo, as large as needed
         stats = time_interleaved({"node": lambda: session.node(lr), "pipeline": lambda: session.pipeline(lr),
                                   "network": session.network_only(lr)}, repeats)
-        session.counter.reset()
-        auto = time_runs(lambda: session.node(lr, auto_tile=True), 1, 0)
-        best = {name: entry["best"] for name, entry in stats.items()}
-        cpu = {name: entry["cpu_best"] for name, entry in stats.items()}
-        rows.append({"output": side * SCALE, **{f"{name}_s": value for name, value in best.items()},
-                     **{f"{name}_cpu_s": value for name, value in cpu.items()},
-                     "node_over_pipeline": best["node"] / best["pipeline"],
-                     "node_over_network": best["node"] / best["network"],
-                     "cpu_node_over_pipeline": cpu["node"] / cpu["pipeline"],
-                     "auto_tile_s": auto["best"], "auto_tile_evaluations": session.counter.calls,
-                     "auto_tile_over_pipeline": auto["best"] / best["pipeline"],
-                     "max_abs_difference": (stats["node"]["result"] - stats["pipeline"]["result"]).abs().max().item(),
-                     "runs": {name: entry["runs"] for name, entry in stats.items()}})
+        row = {"output": side * SCALE, **{f"{name}_s": entry["best"] for name, entry in stats.items()},
+               **{f"{name}_cpu_s": entry["cpu_best"] for name, entry in stats.items()},
+               "node_over_pipeline": paired_ratio(stats, "node", "pipeline"),
+               "node_over_network": paired_ratio(stats, "node", "network"),
+               "cpu_node_over_pipeline": paired_ratio(stats, "node", "pipeline", "cpu_runs"),
+               "max_abs_difference": (stats["node"]["result"] - stats["pipeline"]["result"]).abs().max().item(),
+               "runs": {name: entry["runs"] for name, entry in stats.items()}}
+        if side == min(sides):
+            session.counter.reset()
+            auto = time_runs(lambda: session.node(lr, auto_tile=True), 1, 0)
+            row.update(auto_tile_s=auto["best"], auto_tile_evaluations=session.counter.calls,
+                       auto_tile_over_pipeline=auto["best"] / stats["pipeline"]["best"])
+        rows.append(row)
     return rows
 
 
@@ -222,5 +229,5 @@ def guidance_cost(session: ComfySession, side: int, steps: int, repeats: int) ->
                               "guidance": lambda: session.node(lr, steps, GUIDANCE_WEIGHT)}, repeats)
     return {"output": side * SCALE, "steps": steps, "weight": GUIDANCE_WEIGHT,
             "seconds": {k: v["best"] for k, v in stats.items()}, "cpu_seconds": {k: v["cpu_best"] for k, v in stats.items()},
-            "evaluations": counts, "ratio": stats["guidance"]["best"] / stats["no guidance"]["best"],
-            "cpu_ratio": stats["guidance"]["cpu_best"] / stats["no guidance"]["cpu_best"]}
+            "evaluations": counts, "ratio": paired_ratio(stats, "guidance", "no guidance"),
+            "cpu_ratio": paired_ratio(stats, "guidance", "no guidance", "cpu_runs")}

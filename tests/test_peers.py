@@ -177,3 +177,14 @@ def test_niqe_is_lower_for_the_natural_photo_than_for_noisy_or_blurred_copies():
     assert clean + 5 < metrics.niqe(blurred)
     with pytest.raises(ValueError, match="larger than 193"):
         metrics.niqe(photo[..., :150, :])
+
+
+def test_scaling_helpers_count_tiles_and_fit_the_exponent():
+    import scaling
+
+    assert scaling.tiles_processed(64, 256) == (1, 64 * 64)
+    # 512 px in tiles of <= 256 with the x4 overlap of 16 px: 3 tiles of 182 px per side
+    assert scaling.tiles_processed(512, 256) == (9, 9 * 182 * 182)
+    rows = [{"output": side, "seconds": 0.1 * (side / 512) ** 3} for side in (256, 512, 1024, 2048)]
+    assert scaling.fitted_exponent(rows) == pytest.approx(1.5)  # seconds ~ side^3 = pixels^1.5
+    assert math.isnan(scaling.fitted_exponent(rows[:2]))  # one point at or above 512^2 fits nothing
