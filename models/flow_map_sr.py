@@ -13,13 +13,14 @@ Why the default model has ``condition=False``: in start mode 'lr' the source x1 
 LR image, so it reaches the network as the state x at t = 1. Giving it a second time as a
 condition makes training degenerate: for every t < 1 the HR image is read off exactly,
 x0 = (x_t - t * cond) / (1 - t), so only samples drawn at exactly t = 1 teach super-resolution
-(measured: +0.02 dB over bicubic after 400 steps). Without the extra condition x_t is an
-ambiguous blend of HR and LR at every t, so every sample teaches (FlowSR and InDI use this
-form). ``cond`` is then accepted for the common interface and ignored.
+(measured: +0.02 dB over bicubic after 400 steps). Without the extra condition the LR reaches
+the network only through x_t, as in FlowSR and InDI; ``cond`` is then accepted for the common
+interface and ignored.
 Even so x_t still nearly reveals HR at t < 1 (bicubic down-up is close to a projection, so the
-missing detail survives in x_t scaled by 1 - t); the source therefore carries a little seeded
-Gaussian noise, ``source_noise`` (config; `pipeline.lr_source`), which hides that detail
-where it matters, near t = 1, as the SD x4 upscaler's noise augmentation does.
+missing detail survives in x_t scaled by 1 - t). ``source_noise`` (config; `pipeline.lr_source`)
+adds seeded Gaussian noise to the source to hide that detail near t = 1, as the SD x4
+upscaler's noise augmentation does; the shipped model uses none (MODEL.md: with 0.1 the network
+first has to learn to denoise, and it stayed below bicubic within this recipe's budget).
 
 Any image size works: the input is reflect-padded to a multiple of the total stride and the
 output cropped back, so tiles of any size work too.

@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--endpoint-weight", type=float, default=1.0)
-    parser.add_argument("--source-noise", type=float, default=0.1,
+    parser.add_argument("--source-noise", type=float, default=0.0,
                         help="std of the Gaussian noise on the LR source, in [-1, 1] units")
     # Shortcut's consistency samples sit on the dyadic grid, where t = 1 (the one-step start) is
     # frequent (levels 3: 7/12 of them), and the endpoint term regresses every sample's full
