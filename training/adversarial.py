@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..samplers.flow_map import add_source, denoised_from_velocity, shifted_times
@@ -163,14 +164,37 @@ def encoder_blocks(net: nn.Module) -> tuple[str, ...]:
     return names
 
 
-def _head(channels: int, hidden: int, tokens: bool) -> nn.Module:
-    """A light discriminator head: per position (pixel or token) a two-layer MLP to one logit."""
+class _Times(nn.Module):
+    """Parametrization w = stored * factor (with Adam, the layer learns `factor` times faster)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, stored):
+        return stored * self.factor
+
+
+def faster(layer: nn.Module, factor: float) -> nn.Module:
+    """`layer` with the same initial weights and `factor` times the optimizer's learning rate
+    (equalised-learning-rate style): the discriminator's own rate without a second optimizer."""
+    if factor != 1.0:
+        for name in ("weight", "bias"):
+            if getattr(layer, name, None) is not None:
+                with torch.no_grad():
+                    getattr(layer, name).div_(factor)
+                parametrize.register_parametrization(layer, name, _Times(factor))
+    return layer
+
+
+def _head(channels: int, hidden: int, tokens: bool, lr_multiplier: float) -> nn.Module:
+    """A light discriminator head: per position (pixel or token) a small MLP to one logit. No
+    normalisation layer: texture shows in the features' magnitude, which a norm would remove."""
     if tokens:
-        return nn.Sequential(nn.LayerNorm(channels), nn.Linear(channels, hidden), nn.LeakyReLU(0.2),
-                             nn.Linear(hidden, 1))
-    return nn.Sequential(nn.GroupNorm(min(32, max(1, channels // 4)), channels),
-                         nn.Conv2d(channels, hidden, 3, padding=1), nn.LeakyReLU(0.2),
-                         nn.Conv2d(hidden, 1, 1))
+        layers = [nn.Linear(channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1)]
+    else:
+        layers = [nn.Conv2d(channels, hidden, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, 1, 1)]
+    return nn.Sequential(*(faster(layer, lr_multiplier) for layer in layers))
 
 
 class FeatureDiscriminator(nn.Module):
@@ -180,22 +204,29 @@ class FeatureDiscriminator(nn.Module):
     The backbone `net(x, t, s, cond)` sees x moved to `feature_time` on the path towards cond,
     ``add_source(x, cond, t)``, at s = t; the outputs of `feature_modules` ([B, C, H, W] maps or
     [B, N, C] token sequences; default: the UNet's down and middle blocks) each feed one head. `probe` is a (x, cond) pair of the shapes the
-    backbone takes, used once to size the heads.
+    backbone takes, used once (filled with seeded noise) to size and scale the heads.
+    lr_multiplier: the heads learn this many times faster than the generator's LoRA (they start
+    from scratch on subtle feature differences; two time-scale updates, one optimizer).
     """
 
     def __init__(self, backbone: nn.Module, probe: tuple[torch.Tensor, torch.Tensor],
                  feature_modules: Sequence[str] | None = None, feature_time: float = 0.25,
-                 hidden: int = 64):
+                 hidden: int = 64, lr_multiplier: float = 5.0):
         super().__init__()
         if not 0.0 <= feature_time < 1.0:
             raise ValueError(f"feature_time must lie in [0, 1), got {feature_time}")
         self.feature_modules = tuple(feature_modules) if feature_modules else encoder_blocks(backbone)
         self.feature_time = feature_time
+        generator = torch.Generator().manual_seed(0)
+        x, cond = (torch.randn(p.shape, generator=generator).to(p) for p in probe)
         with torch.no_grad():
-            shapes = [f.shape for f in self.features(backbone, *probe)]
-        self.token_features = [len(shape) == 3 for shape in shapes]
-        self.heads = nn.ModuleList(_head(shape[-1] if tokens else shape[1], hidden, tokens)
-                                   for shape, tokens in zip(shapes, self.token_features))
+            features = self.features(backbone, x, cond)
+        self.token_features = [f.ndim == 3 for f in features]
+        # Each feature map is divided by its spread on a random probe, so every head starts on O(1)
+        # inputs (the base's features are small: raw, a head would barely move at the trainer's lr).
+        self.register_buffer("feature_scales", torch.stack([f.float().std().clamp(min=1e-6) for f in features]))
+        self.heads = nn.ModuleList(_head(f.shape[-1] if tokens else f.shape[1], hidden, tokens, lr_multiplier)
+                                   for f, tokens in zip(features, self.token_features))
 
     def features(self, backbone: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
         t = torch.full((x.shape[0],), self.feature_time, device=x.device, dtype=x.dtype)
@@ -206,7 +237,8 @@ class FeatureDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor, backbone: nn.Module | None = None) -> list[torch.Tensor]:
         if backbone is None:
             raise ValueError("FeatureDiscriminator needs the backbone (the LoRA-carrying generator) at call time")
-        return [head(f) for head, f in zip(self.heads, self.features(backbone, x, cond))]
+        features = self.features(backbone, x, cond)
+        return [head(f / scale) for head, f, scale in zip(self.heads, features, self.feature_scales)]
 
 
 class AdversarialPair(nn.Module):
