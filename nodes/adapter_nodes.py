@@ -437,7 +437,7 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
     config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=0.99,
                          checkpoint_every=max(1, steps // 10), progress=False)
-    objective = AdversarialLoRA(adversarial_weight=adversarial_weight)
+    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency_weight=0.25)
     probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
     trainer = AdversarialLoRATrainer(
         net, LoraSpec(rank=rank, target_modules=DEFAULT_TARGETS), objective,
@@ -477,20 +477,22 @@ class OneStepSRTrainLoRA:
             "model": ("MODEL", {"tooltip": "The OneStep SR default model ('Load OneStep SR Model') to adapt."}),
             "vae": ("VAE", {"tooltip": "The model's VAE (pixel space for the default model)."}),
             "lora_name": ("STRING", {"default": "onestep_sr_adversarial", "tooltip": "File name in models/loras/."}),
-            "steps": ("INT", {"default": 300, "min": 1, "max": 100000, "tooltip": "Optimizer steps (a rerun resumes)."}),
-            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256}),
+            "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Optimizer steps (a rerun resumes)."}),
+            "batch_size": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "HR crops per optimizer step."}),
             "crop_size": ("INT", {"default": 96, "min": 16, "max": 1024, "step": 8,
                                   "tooltip": "HR crop side in pixels (a multiple of scale)."}),
             "scale": ("INT", {"default": 4, "min": 2, "max": 8, "tooltip": "Upscale factor the LR crops are made at."}),
             "rank": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "LoRA rank."}),
-            "learning_rate": ("FLOAT", {"default": 2e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5}),
-            "adversarial_weight": ("FLOAT", {"default": 0.05, "min": 0.0, "max": 10.0, "step": 0.005,
+            "learning_rate": ("FLOAT", {"default": 2e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5,
+                                        "tooltip": "AdamW learning rate of the LoRA and the discriminator."}),
+            "adversarial_weight": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 10.0, "step": 0.005,
                                              "tooltip": "Weight of the GAN term against L1 reconstruction and the "
                                                         "flow-map consistency term."}),
-            "discriminator": (list(DISCRIMINATORS), {"default": "features",
+            "discriminator": (list(DISCRIMINATORS), {"default": "patch",
                                                      "tooltip": "features: light heads on the frozen base network; "
                                                                 "patch: a small PatchGAN on the image."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1,
+                             "tooltip": "Seed of the crops, degradations and initial weights (a run is reproducible)."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing LoRA file of that name."}),
         }, "optional": {
             "images": ("IMAGE", {"tooltip": "HR training images (each at least crop_size on both sides)."}),
