@@ -1,5 +1,6 @@
 """ComfyUI node registry of OneStep SR: thin wrappers, the maths lives in samplers/ and models/."""
 
+from .adapter_nodes import OneStepSRLoadAdapter, OneStepSRTrainLoRA
 from .default_model_node import OneStepSRLoadModel, register_model_folder
 from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
@@ -10,6 +11,8 @@ register_model_folder()
 
 NODE_CLASS_MAPPINGS = {
     "OneStepSR_LoadModel": OneStepSRLoadModel,
+    "OneStepSR_LoadAdapter": OneStepSRLoadAdapter,
+    "OneStepSR_TrainLoRA": OneStepSRTrainLoRA,
     "OneStepSR_Conditioning": OneStepSRConditioning,
     "OneStepSR_Decode": OneStepSRDecode,
     "OneStepSR_Prompts": OneStepSRPrompts,
@@ -23,6 +26,8 @@ NODE_CLASS_MAPPINGS = {
 
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_LoadModel": "Load OneStep SR Model",
+    "OneStepSR_LoadAdapter": "Load SR Adapter",
+    "OneStepSR_TrainLoRA": "Train SR LoRA",
     "OneStepSR_Conditioning": "OneStep SR Conditioning",
     "OneStepSR_Decode": "OneStep SR Decode",
     "OneStepSR_Prompts": "OneStep SR Prompts",
