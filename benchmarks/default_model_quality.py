@@ -21,6 +21,7 @@ import argparse
 import datetime
 import functools
 import importlib.util
+import os
 import platform
 import sys
 import time
@@ -75,6 +76,7 @@ def peer_hooks() -> tuple[dict, dict]:
         return {}, {}
     spec = importlib.util.spec_from_file_location("onestep_sr_benchmark_peers", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look the module up by name
     spec.loader.exec_module(module)
     methods = module.peer_methods() if hasattr(module, "peer_methods") else {}
     metrics = module.peer_metrics() if hasattr(module, "peer_metrics") else {}
@@ -127,10 +129,21 @@ def check_bars(results: dict, keys=HELD_OUT) -> list[tuple[str, bool, str]]:
     return bars
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else platform's answer."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def report(results, seconds, methods, metrics, weights, keys=HELD_OUT) -> str:
     lines = ["# Default model quality (held-out photos, bicubic degradation)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-             f"- machine: {platform.machine()}, {platform.processor() or 'cpu'}, "
+             f"- machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, "
              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}",
              f"- weights: {weights}",
              f"- command: python benchmarks/default_model_quality.py {' '.join(sys.argv[1:])}".rstrip(),
@@ -146,7 +159,7 @@ def report(results, seconds, methods, metrics, weights, keys=HELD_OUT) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{mean[m]:.4f}" if m == "SSIM" else f"{mean[m]:.2f}"
                                                       for m in metrics)
                          + f" | {seconds[(scale, name)]:.1f} |")
-        lines += ["", f"### x{scale} per photo (PSNR / SSIM)", "",
+        lines += ["", f"### x{scale} per photo ({' / '.join(metrics)})", "",
                   "| photo | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         for key in keys:
             cells = [" / ".join(f"{results[(scale, key, n)][m]:.4f}" if m == "SSIM"
