@@ -18,37 +18,16 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from onestep_sr.models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
+from onestep_sr.models.degrade import SCALES
 from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
 from onestep_sr.models.photos import CropSampler, write_manifest
-from onestep_sr.models.pipeline import START_MODE, lr_source
+from onestep_sr.models.pipeline import START_MODE
 from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.objectives import make_objective
+from onestep_sr.training.sr_data import sr_batches
 from onestep_sr.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
-
-
-def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, source_noise: float):
-    """batches(generator) -> {"x0": HR, "x1": upsampled LR + source noise}, in [-1, 1] (no
-    separate condition: see models/flow_map_sr.py for why the LR enters only as the source).
-
-    Every draw comes from the trainer's per-step generator, so a resumed run sees the same data.
-    """
-
-    def draw(generator: torch.Generator) -> dict:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        rng = np.random.default_rng(seed)
-        hr = sampler.sample(batch, crop, rng)
-        scale = int(rng.choice(SCALES))
-        lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
-              else bicubic_downscale(hr, scale))
-        source = lr_source(bicubic_upscale(lr, scale) * 2 - 1, source_noise,
-                           torch.Generator().manual_seed(int(rng.integers(2**62))))
-        return {"x0": hr * 2 - 1, "x1": source}
-
-    return draw
 
 
 def main(argv=None) -> int:
