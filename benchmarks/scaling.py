@@ -2,9 +2,9 @@
 
 Each size runs in a fresh Python process (peak RSS only ever grows within a process), doing what
 the CLI does: models.pipeline.upscale on tiles blended by processing.tiling.tiled_apply, one
-network evaluation per tile. The worker reports the wall time of the upscale alone, its peak RSS,
-the RSS before it (interpreter, torch, weights, input) and the bytes of the output image, so that
-the working memory beyond the output buffer can be told apart.
+network evaluation per tile. The worker reports the wall and CPU time of the upscale alone, its
+peak RSS (counted from after loading and a warm-up call) and the bytes of the output image, so that
+the memory beyond the output buffer can be told apart.
 
     python benchmarks/scaling.py --weights W --side 1024 --tile 256   # one worker run, JSON out
 """
@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from timing import current_rss_bytes, peak_rss_bytes, reset_peak_rss  # noqa: E402
+from timing import peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 from onestep_sr.models.flow_map_sr import load_model  # noqa: E402
 from onestep_sr.models.pipeline import upscale  # noqa: E402
@@ -54,15 +54,14 @@ def worker(weights: str, side: int, tile: int, threads: int) -> dict:
         # warm up: the first call at a shape sets up kernels (up to ~0.4 s on a CPU), which
         # would dominate the small single-tile sizes; tiled sizes reuse their tile shapes
         upscale(net, lr[..., :min(side, tile), :min(side, tile)], SCALE)
-        baseline = current_rss_bytes()
         peak_reset = reset_peak_rss()  # loading the weights peaks higher than small runs
         started, cpu_started = time.perf_counter(), time.process_time()
         out = tiled_apply(lr, lambda x: upscale(net, x, SCALE), SCALE, tile)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     tiles, processed = tiles_processed(side, tile)
     return {"input": side, "output": side * SCALE, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "peak_rss": peak_rss_bytes(), "peak_reset": peak_reset, "baseline_rss": baseline, "output_bytes": out.numel() * out.element_size(), "tiles": tiles,
-            "processed_output_pixels": processed * SCALE * SCALE}
+            "peak_rss": peak_rss_bytes(), "peak_reset": peak_reset, "output_bytes": out.numel() * out.element_size(),
+            "tiles": tiles, "processed_output_pixels": processed * SCALE * SCALE}
 
 
 def run_sizes(weights: Path, sides: list[int], tile: int, threads: int, log=print) -> list[dict]:
