@@ -43,6 +43,8 @@ def softened(x: torch.Tensor) -> torch.Tensor:
 
 def soften_where(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """x with the samples whose flag is set replaced by `softened` (flags: one per sample)."""
+    if not flags.any():  # the positive-only batches of a guided run pay nothing
+        return x
     return torch.where(flags.reshape(-1, *([1] * (x.ndim - 1))).bool(), softened(x), x)
 
 
