@@ -36,6 +36,8 @@ MAP_CASES = [
     # Straight paths: the teacher's Euler step is exact, so is the consistency target.
     ("flowsr_consistency", {}, "consistency", STRAIGHT, 1e-10),
     ("shortcut", {"consistency_fraction": 0.5, "endpoint_weight": 1.0}, "endpoint", STRAIGHT, 1e-10),
+    # The exact teacher's jump 1 -> t lands on the interpolant, from which the exact map ends on x0.
+    ("trajectory_endpoint", {}, "endpoint", STRAIGHT, 1e-10),
 ]
 
 
@@ -124,6 +126,19 @@ def test_shortcut_jumps_are_powers_of_two_on_their_grid():
     levels = -torch.log2(jump)
     assert torch.allclose(levels, levels.round()) and set(levels.round().int().tolist()) == {0, 1, 2, 3}
     assert (s_sc >= -1e-7).all() and torch.allclose(t_sc / jump, (t_sc / jump).round())
+
+
+def test_trajectory_endpoint_starts_from_the_teachers_own_first_jump():
+    student, teacher = RecordingNet(ExactNet(STRAIGHT)), RecordingNet(ExactNet(STRAIGHT, bend=0.3))
+    make_objective("trajectory_endpoint", start_fraction=0.25)(
+        student, _batch(STRAIGHT, 400), ema_net=teacher, generator=torch.Generator().manual_seed(0))
+    [(grad, t, s)] = student.calls
+    [(teacher_grad, t_teacher, s_teacher)] = teacher.calls
+    assert grad and not teacher_grad
+    assert torch.equal(t[300:], torch.ones(100))  # the one-step quarter starts at the LR source
+    assert (t[:300] < 1).all() and (s <= t).all() and (s >= 0).all()
+    # the other samples start where the teacher's jump 1 -> t from the source lands
+    assert torch.equal(t_teacher, torch.ones(300)) and torch.equal(s_teacher, t[:300])
 
 
 @pytest.mark.parametrize("student,fine_is_student", [("slow", True), ("fast", False)])

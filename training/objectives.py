@@ -382,8 +382,57 @@ class FlowSRConsistency:
         return loss, logs
 
 
+@dataclass
+class TrajectoryEndpoint:
+    """Every jump regressed onto the data from states on the model's own sampling path, for a
+    deterministic source (the upsampled LR image in start mode 'lr').
+
+    For a source that fixes the data, the straight path from any state x_t to x0 has velocity
+    (x_t - x0) / t whatever the jump's end s, so every jump t -> s is trained on its endpoint:
+
+        L = || x_t - t u(x_t, t, s) - x0 ||^2,
+        x_t = x1 - (1 - t) sg(u'(x1, 1, t))   (t < 1; at t = 1, x_t = x1),
+
+    with u' the EMA network: x_t is where an any-step sampler stands after its first jump. The
+    interpolant (1 - t) x0 + t x1 that flow matching and Shortcut train on carries the data's
+    detail scaled by 1 - t, so a network trained there learns to amplify detail that its own
+    path never holds (measured on the default model after Shortcut training: 4 steps 0.38 dB
+    below 1 step at x4). A fraction `start_fraction` of the batch has t = 1 (the one-step jump), the rest
+    t ~ U(0, 1); s ~ U(0, t), so any step count ends on the data. At the optimum the chained
+    sampler equals the one-step map: steps trade nothing away, guidance and stochastic
+    re-noising are what more steps buy.
+    """
+
+    start_fraction: float = 0.5
+    name = "trajectory_endpoint"
+
+    def __post_init__(self):
+        _split(1, self.start_fraction)
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        x0, x1, cond = _unpack(batch)
+        teacher = net if ema_net is None else ema_net
+        n = x0.shape[0]
+        n_path = n - _split(n, self.start_fraction)
+        t = torch.cat([_uniform(n_path, x0, generator), torch.ones(n - n_path, device=x0.device)])
+        s = t * _uniform(n, x0, generator)
+        x_t = x1.clone()
+        if n_path:
+            with torch.no_grad():
+                ones = torch.ones(n_path, device=x0.device)
+                path_cond = None if cond is None else cond[:n_path]
+                u_first = teacher(x1[:n_path], ones, t[:n_path], path_cond)
+                x_t[:n_path] = flow_map(x1[:n_path], u_first, ones, t[:n_path])
+        u = net(x_t, t, s, cond)
+        err = mean_square(denoised_from_velocity(x_t, u, per_sample(t, x_t)), x0)
+        logs = {"endpoint": err.mean().item(),
+                "one_step": err[n_path:].mean().item() if n_path < n else 0.0,
+                "path": err[:n_path].mean().item() if n_path else 0.0}
+        return err.mean(), logs
+
+
 OBJECTIVES = {cls.name: cls for cls in (FlowMatching, Shortcut, Lagrangian, Eulerian, MeanFlow,
-                                        FlowSRConsistency)}
+                                        FlowSRConsistency, TrajectoryEndpoint)}
 
 
 def make_objective(name: str, **options):
