@@ -8,10 +8,9 @@ first with scripts/fetch_training_photos.sh), ×4 and ×8 mixed per batch, bicub
 (most batches) or the seeded second-order real-world chain. Start mode 'lr': the source x1 is the LR
 image bicubic-upsampled to the HR size, in [-1, 1].
 Objective: `trajectory_endpoint` (every jump regressed onto HR from the states the model's own
-sampler visits; training/objectives.py), or `shortcut` (Shortcut self-consistency with FlowSR's HR
-regularisation). The shipped model: 1700 Shortcut steps, then --init-from that run's checkpoint
-with trajectory_endpoint (MODEL.md has the exact commands). The run lives in --output-dir
-(outside the repository by default).
+sampler visits; training/objectives.py; the shipped model), or `shortcut` (Shortcut
+self-consistency with FlowSR's HR regularisation). The run lives in --output-dir (outside the
+repository by default).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from onestep_sr.models.degrade import SCALES
-from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet, load_model
+from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
 from onestep_sr.models.photos import CropSampler, write_manifest
 from onestep_sr.models.pipeline import START_MODE
 from onestep_sr.training.checkpoint import read_metadata
@@ -36,18 +35,15 @@ from onestep_sr.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=str(Path("~/.cache/onestep-sr/runs/default").expanduser()))
-    parser.add_argument("--steps", type=int, default=9000)
+    parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
     parser.add_argument("--objective", choices=("trajectory_endpoint", "shortcut"), default="trajectory_endpoint")
     parser.add_argument("--start-fraction", type=float, default=0.5,
                         help="trajectory_endpoint: fraction of each batch trained on the one-step jump from t = 1")
-    parser.add_argument("--init-from", default=None,
-                        help="start a new run from these weights (a model file or a checkpoint, its EMA); "
-                             "ignored when --output-dir already holds a checkpoint to resume")
     parser.add_argument("--real-fraction", type=float, default=0.1,
                         help="fraction of batches degraded by the real-world chain instead of bicubic")
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--endpoint-weight", type=float, default=1.0)
     parser.add_argument("--source-noise", type=float, default=0.0,
@@ -60,7 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--export", default=None,
                         help="after training, write the EMA weights here (+ <name>.data.json manifest)")
     parser.add_argument("--no-progress", action="store_true")
@@ -72,13 +68,7 @@ def main(argv=None) -> int:
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
     checkpoint = Path(args.output_dir) / CHECKPOINT_NAME
     previous = read_metadata(checkpoint) if checkpoint.exists() else {}
-    if args.init_from and not previous:
-        net = load_model(args.init_from).train()
-        if net.source_noise != args.source_noise:
-            parser.error(f"--init-from {args.init_from} was trained with source noise {net.source_noise}, "
-                         f"not --source-noise {args.source_noise}")
-    else:
-        net = FlowMapSRNet(source_noise=args.source_noise)
+    net = FlowMapSRNet(source_noise=args.source_noise)
     if args.objective == "shortcut":
         objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight, levels=args.levels,
                                    consistency_fraction=args.consistency_fraction)
@@ -90,10 +80,6 @@ def main(argv=None) -> int:
     command = "python scripts/train_default.py " + shlex.join(
         a for a in (argv if argv is not None else sys.argv[1:]))
     # every command that shaped the run, with the step it resumed from: the full recipe
-    if args.init_from and not previous:  # the run it continues is part of the recipe
-        source = read_metadata(args.init_from)
-        previous = {"training_commands": source.get("training_commands", []) + [
-            {"initialised_from": Path(args.init_from).name, "its_step": source.get("step")}]}
     history = previous.get("training_commands", []) + [
         {"from_step": previous.get("step", 0), "command": command.strip()}]
     metadata = {"family": net.family, "start_mode": START_MODE, "scales": list(SCALES),

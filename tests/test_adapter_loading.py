@@ -400,7 +400,7 @@ def test_projects_peft_folder_loads_on_the_default_model(node, comfy_host, tmp_p
     net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8).eval()
     torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
     save_model(net, str(tmp_path / "base.safetensors"))
-    spec = LoraSpec(rank=2, alpha=5.0, target_modules=("conv1", "to_q"))
+    spec = LoraSpec(rank=2, alpha=5.0, target_modules=("conv1", "time_emb_proj"))
     add_lora(net, spec)
     with torch.no_grad():
         for layer in lora_layers(net).values():

@@ -9,7 +9,7 @@ from onestep_sr.models.degrade import bicubic_downscale, bicubic_upscale
 from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet, load_model, save_model
 from onestep_sr.models.photos import HELD_OUT, TRAIN, held_out_image
 from onestep_sr.models.pipeline import upscale
-from onestep_sr.training.checkpoint import read_metadata
+from onestep_sr.training.checkpoint import read_metadata, save_tensors
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "onestep_sr_default.safetensors"
 MANIFEST = WEIGHTS.with_suffix(".data.json")
@@ -92,6 +92,15 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x, torch.ones(1), torch.zeros(1), x), net(x, torch.ones(1), torch.zeros(1), x))
+
+
+def test_weights_that_do_not_fit_their_config_are_refused_by_name(tmp_path):
+    """diffusers' load hooks would drop an old mid-block attention silently; load_model must not."""
+    net = tiny_net("shortcut")
+    state = {**net.state_dict(), "unet.mid_block.attentions.0.to_q.weight": torch.zeros(16, 16)}
+    save_tensors(str(tmp_path / "old.safetensors"), state, {CONFIG_KEY: net.config})
+    with pytest.raises(ValueError, match=r"unexpected tensors \['unet.mid_block.attentions.0.to_q.weight'\]"):
+        load_model(str(tmp_path / "old.safetensors"))
 
 
 def test_held_out_photos_never_enter_training():
