@@ -36,9 +36,10 @@ def register_model_folder() -> None:
 
 
 class FlowMapSRDiffusionModel(torch.nn.Module):
-    """ComfyUI's view of FlowMapSRNet: input [x, LR] stacked on channels (c_concat), output the
-    average velocity of the jump the OneStep SR sampler asks for. A stock sampler asks for no
-    target, and then s = t: the instantaneous velocity, so Euler & co. integrate the flow."""
+    """ComfyUI's view of FlowMapSRNet: input x, with the LR stacked on channels (c_concat) only for
+    a network that takes it as a condition; output the average velocity of the jump the OneStep
+    SR sampler asks for. A stock sampler asks for no target, and then s = t: the instantaneous
+    velocity, so Euler & co. integrate the flow."""
 
     def __init__(self, onestep_sr_config: dict, device=None, operations=None, **_):
         super().__init__()
@@ -49,7 +50,7 @@ class FlowMapSRDiffusionModel(torch.nn.Module):
         return next(self.parameters()).dtype
 
     def forward(self, x, timesteps, context=None, control=None, transformer_options={}, softened=None, **_):
-        x, lr = x.chunk(2, dim=1)
+        x, lr = x.chunk(2, dim=1) if self.net.condition else (x, None)
         if softened is not None:
             x = soften_where(x, softened)
         target = target_of(transformer_options)
@@ -68,7 +69,11 @@ class FlowMapSRConfig(comfy.supported_models_base.BASE):
 
 class FlowMapSRComfyModel(comfy.model_base.BaseModel):
     def concat_cond(self, **kwargs):
-        """The LR image (the sampler's latent_image) is the network's condition."""
+        """The LR image (the sampler's latent_image), for a network that takes it as a condition;
+        the shipped one reads the LR only through its start state, and stacking a copy it ignores
+        costs two full-size copies per call."""
+        if not self.diffusion_model.net.condition:
+            return None
         return comfy.utils.resize_to_batch_size(kwargs["latent_image"], kwargs["noise"].shape[0])
 
     def extra_conds(self, **kwargs):

@@ -10,7 +10,7 @@ import latent_preview
 import torch
 
 from ..processing import auto_tile_size, default_overlap, tiled_apply
-from ..samplers import sample_flow_map
+from ..samplers import sample_flow_map, start_uses_noise
 from .comfy_glue import empty_conditioning, family_choice, ksampler, model_info
 from .image_nodes import colour_fix_image, decode_sr, encode_lr, target_size, vae_stride
 from .inputs import (BRIDGE_SCALE, COLOUR_METHOD, FAMILY, GAMMA, GUIDANCE, SCALE_BY, SHIFT, START_MODE, STEPS,
@@ -65,7 +65,9 @@ def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shi
     sampler = ksampler(sample_flow_map, start_mode, bridge_scale, family=family_choice(family), gamma=gamma)
     guider = flow_map_guider(model, positive, negative, guidance)
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    noise = comfy.sample.prepare_noise(samples, seed)
+    # the LR start modes read no noise (unless the model was trained with noise on its source)
+    noise = (comfy.sample.prepare_noise(samples, seed) if start_uses_noise(start_mode, model_info(model)["source_noise"])
+             else torch.zeros_like(samples))
     stride = vae_stride(vae)
     overlap = default_overlap(1, stride)
     if tile_size and tile_size < 2 * overlap * stride:

@@ -20,6 +20,11 @@ START_MODES = ("lr", "lr_at_T", "noise", "noised_lr", "bridge")
 VE_START_MODES = ("noise", "noised_lr")
 
 
+def start_uses_noise(mode: str, source_noise: float = 0.0) -> bool:
+    """Whether `start_point` reads its noise argument (callers may skip drawing it otherwise)."""
+    return mode not in ("lr", "lr_at_T") or source_noise > 0
+
+
 def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor, t: float,
                 bridge_scale: float = 1.0, source_noise: float = 0.0) -> torch.Tensor:
     """The sampler's first x for `mode` at start time t (flow parametrization).

@@ -413,5 +413,5 @@ def test_projects_peft_folder_loads_on_the_default_model(node, comfy_host, tmp_p
     t, options = torch.tensor([0.8]), {"transformer_options": {TARGET_KEY: {"sigma_to": 0.0, "family": "shortcut"}}}
     with torch.no_grad():
         expected = net(x, t, torch.zeros(1), cond)
-        base = model.model.diffusion_model(torch.cat([x, cond], 1), t, **options)
-    check_close(patched_output(patched, (torch.cat([x, cond], 1), t), options), expected, base)
+        base = model.model.diffusion_model(x, t, **options)
+    check_close(patched_output(patched, (x, t), options), expected, base)

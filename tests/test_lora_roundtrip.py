@@ -97,7 +97,7 @@ def test_comfy_stock_lora_loader_reproduces_training_outputs(comfy_host, trained
         for t, s in ((1.0, 0.0), (0.75, 0.75), (0.5, 0.25)):
             options = {TARGET_KEY: {"sigma_to": s, "family": "shortcut"}}
             with torch.no_grad():
-                comfy_u = diffusion_model(torch.cat([x, cond], 1), torch.full((2,), t), transformer_options=options)
+                comfy_u = diffusion_model(x, torch.full((2,), t), transformer_options=options)
             expected = call(reference, x, t, s, cond)
             assert (comfy_u - expected).abs().max() <= 1e-5
             assert (expected - call(base, x, t, s, cond)).abs().max() > 1e-3  # the LoRA matters

@@ -273,12 +273,16 @@ def test_cancel_stops_the_node_within_one_tile(ext):
 
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
-def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance):
+# (no condition, noise on the LR source: the node draws ComfyUI's noise) and (the LR stacked on
+# channels as c_concat, no source noise: the node draws none)
+@pytest.mark.parametrize("condition,source_noise", [(False, 0.1), (True, 0.0)])
+def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance, condition, source_noise):
     from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
     from onestep_sr.models.pipeline import upscale
 
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, source_noise=0.1).eval()
+    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, condition=condition,
+                       source_noise=source_noise).eval()
     for parameter in net.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
     save_model(net, str(tmp_path / "net.safetensors"))

@@ -12,8 +12,8 @@ import torch
 
 from onestep_sr.samplers import (START_MODES, add_source, average_velocity, denoised_from_velocity,
                                  guided_denoiser, jump, mix, sample_consistency, sample_flow_map,
-                                 scale_at, shifted_times, source_estimate, start_point, target_of,
-                                 time_inputs)
+                                 scale_at, shifted_times, source_estimate, start_point, start_uses_noise,
+                                 target_of, time_inputs)
 
 MU, SIGMA = 0.7, 0.4
 
@@ -141,6 +141,14 @@ def test_start_modes_build_the_right_points():
     assert torch.allclose(bridge, torch.full((1, 4), 2.0 - 2.0 * 0.5))
     assert torch.equal(start_point("bridge", lr, noise, 1.0), lr)  # no bridge noise at the ends
     assert set(START_MODES) == {"lr", "lr_at_T", "noise", "noised_lr", "bridge"}
+
+
+@pytest.mark.parametrize("mode", START_MODES)
+@pytest.mark.parametrize("source_noise", [0.0, 0.3])
+def test_start_uses_noise_exactly_when_the_start_point_reads_it(mode, source_noise):
+    lr, t = torch.full((1, 4), 2.0), 1.0 if mode == "lr" else 0.5
+    points = [start_point(mode, lr, torch.full((1, 4), value), t, source_noise=source_noise) for value in (-1.0, 1.0)]
+    assert start_uses_noise(mode, source_noise) == (not torch.equal(*points))
 
 
 def test_start_mode_errors_name_the_fix():
