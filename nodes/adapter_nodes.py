@@ -35,6 +35,7 @@ from ..training.adversarial import DISCRIMINATORS, AdversarialLoRA, AdversarialL
 from ..training.lora import DEFAULT_TARGETS, LoraSpec
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
+from .comfy_glue import model_info
 from .default_model_node import FlowMapSRDiffusionModel
 
 CATEGORY = "OneStep SR/loaders"
@@ -437,7 +438,8 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
     config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=0.99,
                          checkpoint_every=max(1, steps // 10), progress=False)
-    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency_weight=0.25)
+    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency=model_info(model)["objective"],
+                                consistency_weight=0.25)
     probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
     trainer = AdversarialLoRATrainer(
         net, LoraSpec(rank=rank, target_modules=DEFAULT_TARGETS), objective,

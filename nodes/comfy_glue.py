@@ -11,7 +11,8 @@ from ..samplers import FAMILIES, START_MODES, VE_START_MODES, start_point
 
 # Set on a ModelPatcher's model_options by loaders of OneStep SR models:
 # {"families": the families it takes, "needs_text": whether it needs a text CONDITIONING,
-#  "source_noise": the std of the noise on its LR source it was trained with}.
+#  "source_noise": the std of the noise on its LR source it was trained with,
+#  "objective": the flow-map objective it was trained with (OneStep SR default models only)}.
 MODEL_INFO_KEY = "onestep_sr_model"
 NATIVE_MODEL_INFO = {"families": ("plain",), "needs_text": True, "source_noise": 0.0}
 

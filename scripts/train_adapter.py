@@ -7,7 +7,7 @@ Data and degradations are the default model's (training/sr_data.py: random HR cr
 training photos, x4 and x8, bicubic or the seeded real-world chain); the held-out photos never
 enter. Generator: the base network with a peft LoRA (base frozen). Loss: reconstruction +
 adversarial (a patch discriminator, or one on the frozen base network's encoder features) +
-the Shortcut flow-map consistency term (training/adversarial.py). The defaults are the setting
+the flow-map consistency term of the base's own objective (training/adversarial.py). The defaults are the setting
 that improved NIQE within the PSNR bound on the held-out photos (benchmarks/adapter_quality.py);
 longer or stronger adversarial runs (500 steps, weight 0.25-0.5) made NIQE worse. The exported
 file uses ComfyUI's LoRA keys, so the stock "Load LoRA" node applies it to the MODEL of
@@ -29,7 +29,9 @@ from onestep_sr.models.degrade import SCALES
 from onestep_sr.models.flow_map_sr import load_model
 from onestep_sr.models.photos import CropSampler, write_manifest
 from onestep_sr.training.adversarial import DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
+from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
+from onestep_sr.training.objectives import OBJECTIVES
 from onestep_sr.training.sr_data import sr_batches
 from onestep_sr.training.trainer import TrainConfig
 
@@ -60,6 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("--adversarial-weight", type=float, default=0.2)
     parser.add_argument("--reconstruction", choices=RECONSTRUCTIONS, default="l1")
     parser.add_argument("--reconstruction-weight", type=float, default=1.0)
+    parser.add_argument("--consistency", choices=sorted(OBJECTIVES), default=None,
+                        help="the flow-map consistency term (default: the objective the base was trained with)")
     parser.add_argument("--consistency-weight", type=float, default=0.25)
     parser.add_argument("--r1-weight", type=float, default=0.0)
     parser.add_argument("--sample-steps", type=int, default=1, help="jumps that make the SR output D sees")
@@ -88,6 +92,7 @@ def main(argv=None) -> int:
     spec = LoraSpec(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.targets))
     objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
                                 reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
+                                consistency=args.consistency or read_metadata(base).get("objective", "shortcut"),
                                 consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
                                 sample_steps=args.sample_steps)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,

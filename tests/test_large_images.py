@@ -7,7 +7,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-import torch
 
 from onestep_sr.models.flow_map_sr import load_model
 from onestep_sr.models.photos import held_out_image

@@ -11,7 +11,6 @@
    collapses towards the mean) by a wide margin.
 """
 
-import copy
 import tempfile
 
 import pytest
