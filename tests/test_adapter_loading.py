@@ -397,8 +397,8 @@ def test_projects_peft_folder_loads_on_the_default_model(node, comfy_host, tmp_p
 
     default_model = importlib.import_module(f"{comfy_host.extension_module.__name__}.nodes.default_model_node")
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8).eval()
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
+    net = FlowMapSRNet(width=16, blocks=2).eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     save_model(net, str(tmp_path / "base.safetensors"))
     spec = LoraSpec(rank=2, alpha=5.0, target_modules=("conv1", "time_emb_proj"))
     add_lora(net, spec)

@@ -24,8 +24,8 @@ def nodes(comfy_host):
 @pytest.fixture(scope="module")
 def default_model(nodes, tmp_path_factory):
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8)
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
+    net = FlowMapSRNet(width=16, blocks=2)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
     save_model(net, str(path))
     return nodes["default_model_node"].load_default_model(str(path))

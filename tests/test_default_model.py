@@ -16,7 +16,7 @@ MANIFEST = WEIGHTS.with_suffix(".data.json")
 
 
 def tiny_net(family="shortcut", condition=False):
-    return FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, family=family,
+    return FlowMapSRNet(width=16, blocks=2, family=family,
                         condition=condition).eval()
 
 
@@ -34,7 +34,7 @@ def psnr(a, b):
 def test_network_keeps_any_size_and_reads_both_times(family):
     torch.manual_seed(0)
     net = tiny_net(family, condition=True)
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)  # undo the zero init to see the inputs
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)  # undo the zero init to see the inputs
     x, cond = torch.randn(2, 3, 37, 50), torch.randn(2, 3, 37, 50)
     t = torch.tensor([1.0, 0.5])
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_network_keeps_any_size_and_reads_both_times(family):
 def test_unconditioned_network_reads_the_lr_only_through_its_state():
     torch.manual_seed(0)
     net = tiny_net()
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
     x, t, s = torch.randn(1, 3, 20, 24), torch.ones(1), torch.zeros(1)
     with torch.no_grad():
         assert torch.equal(net(x, t, s, None), net(x, t, s, torch.randn_like(x)))
@@ -84,7 +84,7 @@ def test_pipeline_handles_greyscale_and_alpha():
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(1)
     net = tiny_net("two_time")
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.1)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.1)
     path = tmp_path / "m.safetensors"
     save_model(net, str(path), {"note": "x"})
     loaded = load_model(str(path))
@@ -95,9 +95,8 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_weights_that_do_not_fit_their_config_are_refused_by_name(tmp_path):
-    """diffusers' load hooks would drop an old mid-block attention silently; load_model must not."""
     net = tiny_net("shortcut")
-    state = {**net.state_dict(), "unet.mid_block.attentions.0.to_q.weight": torch.zeros(16, 16)}
+    state = {**net.state_dict(), "unet.mid_block.attentions.0.to_q.weight": torch.zeros(16, 16)}  # an older layout
     save_tensors(str(tmp_path / "old.safetensors"), state, {CONFIG_KEY: net.config})
     with pytest.raises(ValueError, match=r"unexpected tensors \['unet.mid_block.attentions.0.to_q.weight'\]"):
         load_model(str(tmp_path / "old.safetensors"))

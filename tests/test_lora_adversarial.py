@@ -18,8 +18,8 @@ SIZE = 32
 
 def tiny_net(condition=True):
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, condition=condition)
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)
+    net = FlowMapSRNet(width=16, blocks=2, condition=condition)
+    torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     return net
 
 
@@ -78,7 +78,7 @@ def test_feature_discriminator_sees_the_base_network_not_the_lora():
     net = with_trained_lora(copy.deepcopy(base))
     probe = (torch.zeros(1, 3, SIZE, SIZE), torch.zeros(1, 3, SIZE, SIZE))
     disc = FeatureDiscriminator(net, probe, feature_time=0.25)
-    assert disc.feature_modules == ("unet.down_blocks.0", "unet.down_blocks.1", "unet.mid_block")
+    assert disc.feature_modules == ("blocks.0", "blocks.1")
     x, cond = torch.randn(2, 3, SIZE, SIZE), torch.randn(2, 3, SIZE, SIZE)
     reference = FeatureDiscriminator(base, probe, feature_time=0.25)
     with torch.no_grad():

@@ -19,8 +19,8 @@ SIZE = 32
 
 def tiny_base():
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8).eval()
-    torch.nn.init.normal_(net.unet.conv_out.weight, std=0.05)  # undo the zero init so u depends on the LoRA
+    net = FlowMapSRNet(width=16, blocks=2).eval()
+    torch.nn.init.normal_(net.conv_out.weight, std=0.05)  # undo the zero init so u depends on the LoRA
     return net
 
 
@@ -138,6 +138,6 @@ def test_files_are_never_overwritten_and_bad_specs_are_named(trained, tmp_path):
     with pytest.raises(ValueError, match="rank"):
         LoraSpec(rank=0)
     with pytest.raises(ValueError, match="does not fit"):
-        load_lora(FlowMapSRNet(block_out_channels=(16, 16, 16), norm_num_groups=8), path)
+        load_lora(FlowMapSRNet(width=16, blocks=3), path)
     with pytest.raises(ValueError, match=".safetensors"):
         save_lora(tmp_path / "c.pt", trainer.generator, trainer.spec)

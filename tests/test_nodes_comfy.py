@@ -281,7 +281,7 @@ def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance, co
     from onestep_sr.models.pipeline import upscale
 
     torch.manual_seed(0)
-    net = FlowMapSRNet(block_out_channels=(16, 16), norm_num_groups=8, condition=condition,
+    net = FlowMapSRNet(width=16, blocks=2, condition=condition,
                        source_noise=source_noise).eval()
     for parameter in net.parameters():
         torch.nn.init.normal_(parameter, std=0.05)

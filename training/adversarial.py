@@ -51,8 +51,9 @@ from .trainer import TrainConfig, Trainer
 GAN_LOSSES = ("hinge", "non_saturating")
 RECONSTRUCTIONS = ("l1", "l2")
 DISCRIMINATORS = ("patch", "features")
-# A diffusers UNet's encoder (FlowMapSRNet's included): its down blocks and middle block.
-ENCODER_BLOCK = re.compile(r"(^|\.)(down_blocks\.\d+|mid_block)$")
+# The blocks whose outputs the feature discriminator reads by default: a diffusers UNet's down and
+# middle blocks, or the residual blocks of the default model (FlowMapSRNet.blocks).
+ENCODER_BLOCK = re.compile(r"(^|\.)(down_blocks\.\d+|mid_block|blocks\.\d+)$")
 
 
 # ---------------------------------------------------------------- losses
@@ -156,10 +157,10 @@ def _capture(backbone: nn.Module, modules: Sequence[str], run: Callable[[], obje
 
 
 def encoder_blocks(net: nn.Module) -> tuple[str, ...]:
-    """The down blocks and middle block of a diffusers-style UNet inside `net`."""
+    """The down and middle blocks of a diffusers-style UNet inside `net`, or its residual `blocks`."""
     names = tuple(name for name, _ in net.named_modules() if ENCODER_BLOCK.search(name))
     if not names:
-        raise ValueError(f"{type(net).__name__} has no down_blocks / mid_block: name the discriminator's "
+        raise ValueError(f"{type(net).__name__} has no down_blocks / mid_block / blocks: name the discriminator's "
                          "feature_modules explicitly")
     return names
 
@@ -203,7 +204,7 @@ class FeatureDiscriminator(nn.Module):
 
     The backbone `net(x, t, s, cond)` sees x moved to `feature_time` on the path towards cond,
     ``add_source(x, cond, t)``, at s = t; the outputs of `feature_modules` ([B, C, H, W] maps or
-    [B, N, C] token sequences; default: the UNet's down and middle blocks) each feed one head. `probe` is a (x, cond) pair of the shapes the
+    [B, N, C] token sequences; default: `encoder_blocks`) each feed one head. `probe` is a (x, cond) pair of the shapes the
     backbone takes, used once (filled with seeded noise) to size and scale the heads.
     lr_multiplier: the heads learn this many times faster than the generator's LoRA (they start
     from scratch on subtle feature differences; two time-scale updates, one optimizer).

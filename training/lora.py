@@ -47,8 +47,8 @@ COMFY_NATIVE_PREFIX = "diffusion_model."
 PEFT_PREFIX = "base_model.model."
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-# The default model's ResNet convolutions and time projections (diffusers UNet2DModel names).
-DEFAULT_TARGETS = ("conv1", "conv2", "conv_shortcut", "time_emb_proj")
+# The default model's residual-block convolutions and time projections (diffusers ResnetBlock2D names).
+DEFAULT_TARGETS = ("conv1", "conv2", "time_emb_proj")
 
 
 @dataclass
