@@ -15,7 +15,7 @@ import torch
 from ..samplers.flow_map import shifted_times
 from ..samplers.guidance import guided_denoiser
 from ..samplers.sampling import flow_map_denoiser, sample_flow_map
-from ..samplers.start import start_point
+from ..samplers.start import start_point, start_uses_noise
 from .degrade import bicubic_downscale, bicubic_upscale
 
 START_MODE = "lr"
@@ -25,7 +25,8 @@ def lr_source(lr_up: torch.Tensor, source_noise: float, generator: torch.Generat
     """The flow's source x1: the upsampled LR image (in [-1, 1]) plus Gaussian noise of std
     `source_noise` drawn from `generator` (on the CPU, so a seed gives the same source anywhere).
     Training and sampling both build the source here."""
-    noise = torch.randn(lr_up.shape, generator=generator, dtype=torch.float32).to(lr_up)
+    noise = (torch.randn(lr_up.shape, generator=generator, dtype=torch.float32).to(lr_up)
+             if start_uses_noise(START_MODE, source_noise) else None)
     return start_point(START_MODE, lr_up, noise, 1.0, source_noise=source_noise)
 
 

@@ -25,9 +25,10 @@ def start_uses_noise(mode: str, source_noise: float = 0.0) -> bool:
     return mode not in ("lr", "lr_at_T") or source_noise > 0
 
 
-def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor, t: float,
+def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor | None, t: float,
                 bridge_scale: float = 1.0, source_noise: float = 0.0) -> torch.Tensor:
-    """The sampler's first x for `mode` at start time t (flow parametrization).
+    """The sampler's first x for `mode` at start time t (flow parametrization). `noise` may be
+    None where `start_uses_noise` says it is not read.
 
     source_noise (modes lr, lr_at_T): the std of Gaussian noise on the LR source, for models
     trained with that noise augmentation (as the SD x4 upscaler is), x = z_lr + source_noise * noise.
