@@ -1,6 +1,7 @@
 """Adversarial LoRA adapter vs the base default model on the held-out photos (one command):
 
-    python benchmarks/adapter_quality.py [--adapter weights/onestep_sr_adversarial_lora.safetensors]
+    python scripts/train_adapter.py --export ~/.cache/onestep-sr/runs/adapter.safetensors   # first, once
+    python benchmarks/adapter_quality.py [--adapter ~/.cache/onestep-sr/runs/adapter.safetensors]
 
 The adapter (trained by scripts/train_adapter.py) is applied at several strengths (0 = the base
 model, 1 = the adapter as trained; strength s scales the LoRA update as ComfyUI's LoRA strength
@@ -35,7 +36,9 @@ from onestep_sr.training.lora import METADATA_KEY, load_lora, set_strength
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent / "weights"
 DEFAULT_BASE = WEIGHTS / "onestep_sr_default.safetensors"
-DEFAULT_ADAPTER = WEIGHTS / "onestep_sr_adversarial_lora.safetensors"
+# Where scripts/train_adapter.py's documented command writes it (adapters are not shipped: the
+# weights/ folder is ComfyUI's onestep_sr model folder, where a LoRA would be listed as a model).
+DEFAULT_ADAPTER = Path("~/.cache/onestep-sr/runs/adapter.safetensors").expanduser()
 DEFAULT_OUTPUT = HERE / "results" / "adapter_quality.md"
 SCALE = 4
 TABLE_STRENGTHS = (0.0, 0.5, 1.0)

@@ -1,7 +1,7 @@
 """Adversarially fine-tune a LoRA adapter on the default OneStep SR model (one command; seeded;
 resumable: rerun it to continue).
 
-    python scripts/train_adapter.py --export weights/onestep_sr_adversarial_lora.safetensors
+    python scripts/train_adapter.py --export ~/.cache/onestep-sr/runs/adapter.safetensors
 
 Data and degradations are the default model's (training/sr_data.py: random HR crops of the
 training photos, x4 and x8, bicubic or the seeded real-world chain); the held-out photos never
