@@ -19,13 +19,12 @@ import torch
 
 from ..models.flow_map_sr import FlowMapSRNet, load_model
 from ..models.pipeline import soften_where
-from ..training.checkpoint import read_metadata
 from ..samplers import target_of
+from ..training.adversarial import DEFAULT_CONSISTENCY
+from ..training.checkpoint import read_metadata
 from .comfy_glue import MODEL_INFO_KEY, SOFTENED_KEY
 
 FOLDER = "onestep_sr"
-# The flow-map objective assumed for model files that do not record theirs.
-DEFAULT_OBJECTIVE = "shortcut"
 SHIPPED_WEIGHTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights")
 
 
@@ -100,7 +99,7 @@ def load_default_model(path: str):
     patcher.model_options[MODEL_INFO_KEY] = {"families": (net.family,), "needs_text": False,
                                              "source_noise": net.source_noise,
                                              # what adapters trained on it keep as their consistency term
-                                             "objective": read_metadata(path).get("objective", DEFAULT_OBJECTIVE)}
+                                             "objective": read_metadata(path).get("objective", DEFAULT_CONSISTENCY)}
     vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
     return patcher, vae
 

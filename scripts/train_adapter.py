@@ -28,7 +28,7 @@ import torch
 from onestep_sr.models.degrade import SCALES
 from onestep_sr.models.flow_map_sr import load_model
 from onestep_sr.models.photos import CropSampler, write_manifest
-from onestep_sr.training.adversarial import DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
+from onestep_sr.training.adversarial import DEFAULT_CONSISTENCY, DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
 from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
 from onestep_sr.training.objectives import OBJECTIVES
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     spec = LoraSpec(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.targets))
     objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
                                 reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
-                                consistency=args.consistency or read_metadata(base).get("objective", "shortcut"),
+                                consistency=args.consistency or read_metadata(base).get("objective", DEFAULT_CONSISTENCY),
                                 consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
                                 sample_steps=args.sample_steps)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,

@@ -49,6 +49,8 @@ from .objectives import _unpack, flow_map, make_objective, objective_options, pe
 from .trainer import TrainConfig, Trainer
 
 GAN_LOSSES = ("hinge", "non_saturating")
+# The consistency term by default, and the objective assumed for a base file that records none.
+DEFAULT_CONSISTENCY = "shortcut"
 RECONSTRUCTIONS = ("l1", "l2")
 DISCRIMINATORS = ("patch", "features")
 # The blocks whose outputs the feature discriminator reads by default: a diffusers UNet's down and
@@ -274,7 +276,7 @@ class AdversarialLoRA:
     adversarial_weight: float = 0.05
     reconstruction: str = "l1"
     reconstruction_weight: float = 1.0
-    consistency: str = "shortcut"
+    consistency: str = DEFAULT_CONSISTENCY
     consistency_options: dict = field(default_factory=dict)
     consistency_weight: float = 1.0
     r1_weight: float = 0.0
