@@ -157,3 +157,32 @@ def test_training_lowers_the_loss(tmp_path):
     trainer.train()
     first, last = sum(trainer.losses[:10]) / 10, sum(trainer.losses[-10:]) / 10
     assert last < 0.3 * first
+
+
+def test_cosine_schedule_values_and_refusal(tmp_path):
+    config = TrainConfig(output_dir=str(tmp_path), steps=10, lr=0.2, lr_schedule="cosine")
+    assert [config.lr_at(step) for step in (0, 5, 10)] == pytest.approx([0.2, 0.1, 0.0], abs=1e-12)
+    assert TrainConfig(output_dir=str(tmp_path), steps=10, lr=0.2).lr_at(7) == 0.2
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(output_dir=str(tmp_path), lr_schedule="linear")
+
+
+def test_an_interrupted_cosine_run_resumes_on_the_same_schedule(tmp_path):
+    straight = _trainer(tmp_path / "straight", 12, lr_schedule="cosine")
+    straight.train()
+    assert straight.optimizer.param_groups[0]["lr"] == pytest.approx(straight.config.lr_at(11))
+
+    draws, calls = mixture_batches(32), []
+
+    def interrupted(generator):  # Ctrl-C during step 8, three steps after the checkpoint at 5
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        return draws(generator)
+
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "split", 12, batches=interrupted, lr_schedule="cosine", checkpoint_every=5).train()
+    resumed = _trainer(tmp_path / "split", 12, lr_schedule="cosine")
+    assert resumed.step == 5
+    resumed.train()
+    _assert_same_state(straight, resumed)

@@ -33,6 +33,7 @@ from .plotting import loss_curve
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOSS_CURVE_NAME = "loss_curve.png"
 # Metadata keys the trainer writes itself; the caller's metadata may not use them.
+LR_SCHEDULES = ("constant", "cosine")
 RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer")
 
 
@@ -44,6 +45,7 @@ class TrainConfig:
     steps: int = 1000                 # optimizer steps in total (a resumed run continues to this)
     seed: int = 0
     lr: float = 1e-4
+    lr_schedule: str = "constant"     # "constant", or "cosine": lr -> 0 along a half cosine over `steps`
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     grad_accumulation: int = 1        # micro-batches per optimizer step
@@ -59,12 +61,20 @@ class TrainConfig:
         checks = {"steps": self.steps >= 1, "grad_accumulation": self.grad_accumulation >= 1,
                   "lr": self.lr > 0, "checkpoint_every": self.checkpoint_every >= 0,
                   "ema_decay": self.ema_decay is None or 0.0 <= self.ema_decay <= 1.0,
-                  "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16")}
+                  "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+                  "lr_schedule": self.lr_schedule in LR_SCHEDULES}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid TrainConfig field(s) {bad}: steps, grad_accumulation >= 1; "
                              "lr > 0; checkpoint_every >= 0; ema_decay in [0, 1]; "
-                             "mixed_precision in auto/no/bf16/fp16")
+                             f"mixed_precision in auto/no/bf16/fp16; lr_schedule in {LR_SCHEDULES}")
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step `step` (0-based): a function of the step alone,
+        so a resumed run continues the same schedule."""
+        if self.lr_schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+        return self.lr
 
 
 def _step_seed(seed: int, rank: int, micro_step: int) -> int:
@@ -303,6 +313,8 @@ class Trainer:
                 total += loss.detach() / config.grad_accumulation
                 samples += batch_size * accelerator.num_processes
             self._average_gradients()
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr_at(self.step)
             if config.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(self.net.parameters(), config.max_grad_norm)
             self.optimizer.step()
