@@ -91,6 +91,11 @@ class ComfySession:
         self.condition = image_module.OneStepSRConditioning().condition
         self.model, self.vae = loader_module.load_default_model(str(weights))
         self.net = self.model.model.diffusion_model.net  # the very weights ComfyUI samples with
+        # a pass-through sampling hook: the node then samples through ComfyUI's sampler, as it does for
+        # any MODEL that a node has patched with a wrapper or a cfg function
+        self.hooked_model = self.model.clone()
+        self.hooked_model.set_model_unet_function_wrapper(
+            lambda apply_model, args: apply_model(args["input"], args["timestep"], **args["c"]))
         self.counter = EvaluationCounter(self.net)
 
     def close(self) -> None:
@@ -98,14 +103,16 @@ class ComfySession:
 
     # ------------------------------------------------------------ the ways to upscale
 
-    def node(self, lr_bchw: torch.Tensor, steps: int = 1, guidance: float = 1.0, auto_tile: bool = False) -> torch.Tensor:
+    def node(self, lr_bchw: torch.Tensor, steps: int = 1, guidance: float = 1.0, auto_tile: bool = False,
+             hooked: bool = False) -> torch.Tensor:
         """The one-click node, as ComfyUI's executor calls it (inference mode), with one tile covering
         the image (the same work as the bare pipeline) or, with `auto_tile`, the node's automatic tile.
         No conditioning is connected: for the default model the node supplies its own positive and
-        (softened-input) negative branches."""
+        (softened-input) negative branches. `hooked`: the MODEL with a pass-through sampling hook,
+        which sends the node through ComfyUI's sampler."""
         tile_size = 0 if auto_tile else SCALE * max(lr_bchw.shape[-2:])
         with torch.inference_mode():
-            out = self.upscale_node(model=self.model, vae=self.vae, image=bchw_to_bhwc(lr_bchw), scale_by=float(SCALE),
+            out = self.upscale_node(model=self.hooked_model if hooked else self.model, vae=self.vae, image=bchw_to_bhwc(lr_bchw), scale_by=float(SCALE),
                                     steps=steps, family="auto", start_mode=START_MODE, t_start=1.0, shift=1.0,
                                     gamma=0.0, bridge_scale=1.0, guidance=guidance, seed=0, tile_size=tile_size)
         return bhwc_to_bchw(out)
@@ -175,11 +182,13 @@ def overhead(session: ComfySession, sides: list[int], repeats: int) -> list[dict
     for side in sides:
         lr = bicubic_upscale(photo, 8)[..., :side, :side].contiguous()  # a photo, as large as needed
         stats = time_interleaved({"node": lambda: session.node(lr), "pipeline": lambda: session.pipeline(lr),
-                                  "network": session.network_only(lr)}, repeats)
+                                  "network": session.network_only(lr),
+                                  "node_comfy_sampler": lambda: session.node(lr, hooked=True)}, repeats)
         row = {"output": side * SCALE, **{f"{name}_s": entry["best"] for name, entry in stats.items()},
                **{f"{name}_cpu_s": entry["cpu_best"] for name, entry in stats.items()},
                "node_over_pipeline": paired_ratio(stats, "node", "pipeline"),
                "node_over_network": paired_ratio(stats, "node", "network"),
+               "comfy_sampler_over_pipeline": paired_ratio(stats, "node_comfy_sampler", "pipeline"),
                "cpu_node_over_pipeline": paired_ratio(stats, "node", "pipeline", "cpu_runs"),
                "max_abs_difference": (stats["node"]["result"] - stats["pipeline"]["result"]).abs().max().item(),
                "runs": {name: entry["runs"] for name, entry in stats.items()}}

@@ -167,10 +167,13 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
         f"the network evaluation alone. Seconds: best of {PLANS[plan_name]['overhead_repeats']} interleaved runs; "
         "ratios: median over the repeats of the ratio of runs made back to back. Process CPU time counts all "
         "threads (spin-waiting included). 'auto tile' is the node with its default tile_size 0 (tile chosen from "
-        "ComfyUI's memory estimate), run once at the smallest size.", "",
+        "ComfyUI's memory estimate), run once at the smallest size. With nothing hooked into the MODEL's "
+        "sampling the node runs the default model's pure pipeline on the MODEL's (LoRA-patched) weights; "
+        "'via ComfyUI's sampler' is the same node on the MODEL with a pass-through sampling hook (as any "
+        "model_function_wrapper or cfg-function node adds), which sends it through ComfyUI's CFGGuider.", "",
         "| output | node s | bare pipeline s | network only s | node / bare | node / bare, CPU time | node / network "
-        "| max abs diff node vs bare | auto tile: evaluations, s, / bare |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| max abs diff node vs bare | node via ComfyUI's sampler s, / bare | auto tile: evaluations, s, / bare |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in overhead:
         auto = (f"{row['auto_tile_evaluations']}, {_f(row['auto_tile_s'], 2)}, {_f(row['auto_tile_over_pipeline'], 2)}"
@@ -178,7 +181,8 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
         lines.append(f"| {row['output']}^2 | {_f(row['node_s'], 3)} | {_f(row['pipeline_s'], 3)} | "
                      f"{_f(row['network_s'], 3)} | {_f(row['node_over_pipeline'], 3)} | "
                      f"{_f(row['cpu_node_over_pipeline'], 3)} | {_f(row['node_over_network'], 3)} | "
-                     f"{row['max_abs_difference']:.1e} | {auto} |")
+                     f"{row['max_abs_difference']:.1e} | {_f(row['node_comfy_sampler_s'], 3)}, "
+                     f"{_f(row['comfy_sampler_over_pipeline'], 3)} | {auto} |")
     lines += [
         "", "## 2. One step vs 20 stock steps", "",
         f"x4 on {len(steps['keys'])} held-out photo(s) (centre crops <= {steps['size']}^2, bicubic LR). The same model: "

@@ -79,6 +79,18 @@ def _check(image: torch.Tensor, scale: int, steps: int) -> None:
 
 
 @torch.no_grad()
+def sample_sr(net, cond: torch.Tensor, steps: int = 1, gamma: float = 0.0, seed: int = 0, shift: float = 1.0,
+              guidance: float = 1.0, callback=None) -> torch.Tensor:
+    """The SR sample for `cond`, the LR image upsampled to the output size in [-1, 1]
+    ([B, 3, H, W]): the source `lr_source` draws for `seed`, chained through `steps` jumps."""
+    # the same noise as ComfyUI's prepare_noise(latent, seed), so the node and the CLI agree
+    x = lr_source(cond, net.source_noise, torch.Generator().manual_seed(seed))
+    extra_args = {"model_options": {}, "seed": seed}
+    return sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(cond.device),
+                           extra_args, callback, disable=True, family=net.family, gamma=gamma)
+
+
+@torch.no_grad()
 def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float = 0.0, seed: int = 0,
             shift: float = 1.0, guidance: float = 1.0) -> torch.Tensor:
     """[B, C, H, W] in [0, 1] -> [B, C, H*scale, W*scale] in [0, 1] with `steps` network calls.
@@ -93,11 +105,7 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
     param = next(net.parameters(), None)
     device, dtype = (param.device, param.dtype) if param is not None else (image.device, image.dtype)
     cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
-    # the same noise as ComfyUI's prepare_noise(latent, seed), so the node and the CLI agree
-    x = lr_source(cond, net.source_noise, torch.Generator().manual_seed(seed))
-    extra_args = {"model_options": {}, "seed": seed}
-    x = sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(device),
-                        extra_args, disable=True, family=net.family, gamma=gamma)
+    x = sample_sr(net, cond, steps, gamma, seed, shift, guidance)
     out = ((x + 1) / 2).clamp(0, 1).to(device=image.device, dtype=image.dtype)
     if channels == 1:
         return out.mean(1, keepdim=True)

@@ -272,28 +272,71 @@ def test_cancel_stops_the_node_within_one_tile(ext):
     assert len(calls) == 3  # the tile in flight finished, no further tile started
 
 
+def _random_default_model(tmp_path, **config):
+    from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
+
+    torch.manual_seed(0)
+    net = FlowMapSRNet(width=16, blocks=2, **config).eval()
+    for parameter in net.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    save_model(net, str(tmp_path / "net.safetensors"))
+    return net, str(tmp_path / "net.safetensors")
+
+
+def _one_click(ext, model, vae, image, guidance=1.0, steps=2):
+    return ext["upscale_node"].upscale(model=model, vae=vae, image=image, scale_by=4.0, steps=steps, family="auto",
+                                       start_mode="lr", t_start=1.0, shift=1.0, gamma=0.0, bridge_scale=1.0,
+                                       guidance=guidance, seed=0)
+
+
 @pytest.mark.parametrize("guidance", [1.0, 2.0])
 # (no condition, noise on the LR source: the node draws ComfyUI's noise) and (the LR stacked on
 # channels as c_concat, no source noise: the node draws none)
 @pytest.mark.parametrize("condition,source_noise", [(False, 0.1), (True, 0.0)])
-def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance, condition, source_noise):
-    from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
+@pytest.mark.parametrize("route", ["as loaded", "through ComfyUI's sampler"])
+def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance, condition, source_noise, route):
     from onestep_sr.models.pipeline import upscale
 
-    torch.manual_seed(0)
-    net = FlowMapSRNet(width=16, blocks=2, condition=condition,
-                       source_noise=source_noise).eval()
-    for parameter in net.parameters():
-        torch.nn.init.normal_(parameter, std=0.05)
-    save_model(net, str(tmp_path / "net.safetensors"))
-    model, vae = ext["default_model_node"].load_default_model(str(tmp_path / "net.safetensors"))
+    net, path = _random_default_model(tmp_path, condition=condition, source_noise=source_noise)
+    model, vae = ext["default_model_node"].load_default_model(path)
+    log = None
+    if route != "as loaded":  # any sampling hook sends the node through ComfyUI's sampler
+        model, log = model.clone(), CallLog()
+        model.set_model_unet_function_wrapper(log)
     image = lr_image(3)
-    out = ext["upscale_node"].upscale(model=model, vae=vae, image=image, scale_by=4.0, steps=2, family="auto",
-                                      start_mode="lr", t_start=1.0, shift=1.0, gamma=0.0, bridge_scale=1.0,
-                                      guidance=guidance, seed=0)
+    out = _one_click(ext, model, vae, image, guidance)
     reference = upscale(net, image.permute(0, 3, 1, 2), 4, steps=2, guidance=guidance).permute(0, 2, 3, 1)
     assert out.shape == (1, 4 * LR_H, 4 * LR_W, 3)
     assert (out - reference).abs().max() <= 1e-5
+    if log is not None:
+        assert len(log.calls) == 2
     if guidance != 1.0:
         plain = upscale(net, image.permute(0, 3, 1, 2), 4, steps=2).permute(0, 2, 3, 1)
         assert (out - plain).abs().max() > 1e-3  # the softened negative branch does steer
+
+
+def test_unhooked_default_model_skips_comfyuis_sampler_and_keeps_its_lora(ext, tmp_path, monkeypatch):
+    """With no sampling hook the one-click node runs the pure pipeline on the MODEL's patched
+    weights: ComfyUI's sampling function is never called, and a weight patch (what ComfyUI's LoRA
+    loaders add) still applies, and is removed again for the unpatched MODEL."""
+    import comfy.samplers
+
+    _, path = _random_default_model(tmp_path)
+    model, vae = ext["default_model_node"].load_default_model(path)
+    patched = model.clone()
+    key = "diffusion_model.net.conv_out.weight"
+    assert patched.add_patches({key: (torch.randn_like(patched.model.state_dict()[key]) * 0.1,)}, 1.0) == [key]
+    image = lr_image(4)
+    hooked = patched.clone()
+    hooked.set_model_unet_function_wrapper(CallLog())
+    through_comfy = _one_click(ext, hooked, vae, image, steps=1)
+    base = _one_click(ext, model, vae, image, steps=1)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the unhooked default model went through ComfyUI's sampling function")
+
+    monkeypatch.setattr(comfy.samplers, "sampling_function", refuse)
+    direct = _one_click(ext, patched, vae, image, steps=1)
+    assert (direct - through_comfy).abs().max() <= 1e-5
+    assert (direct - base).abs().max() > 1e-3
+    assert torch.equal(_one_click(ext, model, vae, image, steps=1), base)
