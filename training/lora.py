@@ -6,6 +6,7 @@
     save_lora("sr.safetensors", net, spec)    # ComfyUI keys: stock "Load LoRA" applies it
     save_lora("sr_peft", net, spec, file_format="peft")   # adapter_config.json + adapter_model.safetensors
     net = load_lora(FlowMapSRNet(...), "sr.safetensors")   # back into a fresh base network
+    remove_lora(net)                          # the plain base network again, flags as before
 
 ComfyUI format: for every adapted module at path P of the network, the tensors
 ``{prefix}P.lora_down.weight`` (peft's lora_A), ``{prefix}P.lora_up.weight`` (lora_B) and
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import cast_adapter_dtype
 
 from .checkpoint import atomic_write, load_tensors, save_tensors
 
@@ -49,6 +51,13 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 # The default model's residual-block convolutions and time projections (diffusers ResnetBlock2D names).
 DEFAULT_TARGETS = ("conv1", "conv2", "time_emb_proj")
+# Attention and MLP Linear layers of ComfyUI's native diffusion models: FLUX (double blocks' qkv / proj /
+# img_mlp / txt_mlp, single blocks' linear1 / linear2), SD3's MMDiT (qkv, proj, fc1, fc2) and the SD UNet's
+# transformers (to_q / to_k / to_v / to_out.0, ff.net.0.proj, ff.net.2; Qwen-Image uses these names too).
+NATIVE_TARGETS = ("qkv", "proj", "to_q", "to_k", "to_v", "to_out.0", "img_mlp.0", "img_mlp.2", "txt_mlp.0",
+                  "txt_mlp.2", "linear1", "linear2", "fc1", "fc2", "net.2")
+# Where add_lora records the requires_grad flags it overrides, for remove_lora.
+BASE_REQUIRES_GRAD = "_onestep_sr_base_requires_grad"
 
 
 @dataclass
@@ -83,17 +92,39 @@ class LoraSpec:
 
 def add_lora(net: torch.nn.Module, spec: LoraSpec) -> torch.nn.Module:
     """Inject a fresh peft LoRA (B = 0: the network's output is unchanged) into `net` in place and
-    freeze everything else; returns `net`."""
+    freeze everything else; returns `net`. The adapter's weights are float32 whatever the base's
+    dtype (peft's own autocast rule: AdamW steps vanish in bf16); `remove_lora` undoes it all."""
     if lora_layers(net):
         raise ValueError("the network already has LoRA layers; add_lora takes a plain base network")
+    flags = [(p, p.requires_grad) for p in net.parameters()]
     net.requires_grad_(False)
     try:
         inject_adapter_in_model(spec.peft_config(), net, adapter_name=ADAPTER)
     except ValueError as err:
+        for p, flag in flags:
+            p.requires_grad_(flag)
         names = sorted({name.rsplit(".", 1)[-1] for name, m in net.named_modules()
                         if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))})
         raise ValueError(f"LoRA target_modules {list(spec.target_modules)} match no layer of "
                          f"{type(net).__name__} ({err}); layer names it has: {names}") from None
+    cast_adapter_dtype(net, ADAPTER)
+    setattr(net, BASE_REQUIRES_GRAD, flags)
+    return net
+
+
+def remove_lora(net: torch.nn.Module) -> torch.nn.Module:
+    """Undo `add_lora` in place: every peft LoRA layer is swapped back for the layer it wraps and the
+    parameters get back the requires_grad flags they had; returns `net` (e.g. a live ComfyUI model
+    after training, which must leave the user's MODEL as it was)."""
+    layers = lora_layers(net)
+    if not layers:
+        raise ValueError("the network has no LoRA layers: nothing to remove")
+    for name, layer in layers.items():
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent), child, layer.get_base_layer())
+    for p, flag in net.__dict__.pop(BASE_REQUIRES_GRAD, ()):
+        p.requires_grad_(flag)
+    net.__dict__.pop("peft_config", None)  # set by peft's inject_adapter_in_model
     return net
 
 
