@@ -8,10 +8,12 @@ weight patches (or, for dual-branch layers, object patches)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import os
+from functools import partial
 from pathlib import Path
 
 import comfy.diffusers_convert
@@ -32,11 +34,12 @@ from ..training.adapter_formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, Dua
                                         dual_branch_groups, halves_modulate, peft_alpha, peft_config_beside,
                                         read_flowsr, read_safetensors, to_comfy_lora, with_dual_branch)
 from ..training.adversarial import DISCRIMINATORS, AdversarialLoRA, AdversarialLoRATrainer
-from ..training.lora import DEFAULT_TARGETS, LoraSpec
+from ..training.lora import COMFY_DEFAULT_MODEL_PREFIX, DEFAULT_TARGETS, NATIVE_TARGETS, LoraSpec
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
 from .comfy_glue import model_info
 from .default_model_node import FlowMapSRDiffusionModel
+from .native_training import CONSISTENCY, LORA_KEY_PREFIX, native_lora_trainer
 
 CATEGORY = "OneStep SR/loaders"
 LORA_FOLDER = "loras"
@@ -402,17 +405,17 @@ def lora_output_path(name: str, overwrite: bool) -> Path:
     return path
 
 
+def is_default_model(model) -> bool:
+    return isinstance(model.model.diffusion_model, FlowMapSRDiffusionModel)
+
+
 def trainable_network(model, vae):
     """A copy of the MODEL's OneStep SR network (with the MODEL's own patches applied) to train on."""
-    diffusion_model = model.model.diffusion_model
-    if not isinstance(diffusion_model, FlowMapSRDiffusionModel):
-        raise ValueError("Train SR LoRA trains adapters for the OneStep SR default model ('Load OneStep SR Model'); "
-                         "training on native diffusion models (FLUX, SD3, ...) is not supported by this node")
     if not isinstance(vae.first_stage_model, comfy.pixel_space_convert.PixelspaceConversionVAE):
         raise ValueError("Train SR LoRA: the OneStep SR default model works in pixel space; connect the VAE that "
                          "'Load OneStep SR Model' returns")
     comfy.model_management.load_models_gpu([model])
-    return copy.deepcopy(diffusion_model.net).float().cpu().train()
+    return copy.deepcopy(model.model.diffusion_model.net).float().cpu().train()
 
 
 def state_sha256(net) -> str:
@@ -423,46 +426,74 @@ def state_sha256(net) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def default_model_trainer(model, vae, crops, spec, objective, config, batch_size, crop_size, scale,
+                          real_degradation, discriminator, metadata):
+    """The AdversarialLoRATrainer on a copy of the default model's network (pixel space)."""
+    net = trainable_network(model, vae)
+    probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
+    yield AdversarialLoRATrainer(
+        net, spec, objective,
+        sr_batches(crops, batch_size, crop_size, real_degradation, net.source_noise, scales=(scale,)), config,
+        probe=probe, discriminator=discriminator,
+        metadata={**metadata, "family": net.family, "base_model": "OneStep SR default model (ComfyUI MODEL)",
+                  "base_model_state_sha256": state_sha256(net)})
+
+
+def lora_spec(model, rank: int, alpha: float, target_modules: str) -> LoraSpec:
+    """The node's LoRA widgets as a LoraSpec: alpha 0 means alpha = rank; target_modules is a comma-separated
+    list of module-name suffixes, empty for the model's defaults."""
+    targets = tuple(name.strip() for name in target_modules.split(",") if name.strip())
+    if not targets:
+        targets = DEFAULT_TARGETS if is_default_model(model) else NATIVE_TARGETS
+    return LoraSpec(rank=rank, alpha=alpha or None, target_modules=targets)
+
+
 def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_size: int, scale: int, rank: int,
                   learning_rate: float, adversarial_weight: float, discriminator: str, seed: int,
-                  overwrite: bool = False, images=None, folder: str = "", real_degradation: float = 0.2):
+                  overwrite: bool = False, images=None, folder: str = "", real_degradation: float = 0.2,
+                  positive=None, alpha: float = 0.0, target_modules: str = ""):
     """(MODEL with the trained LoRA, loss plot IMAGE, report). The run (checkpoints every tenth of
     the steps) lives in output/onestep_sr_training/<lora_name>/: an interrupted run keeps its last
-    checkpoint and the same lora_name resumes it."""
+    checkpoint and the same lora_name resumes it.
+
+    The OneStep SR default model trains on a copy of its network in pixel space (flow-map consistency,
+    an EMA); a native flow MODEL (FLUX, SD3, ...; nodes/native_training.py) in its latent space with the
+    LoRA in its own diffusion model while it trains (flow-matching consistency, no EMA), with `positive`
+    as its text conditioning."""
     if crop_size % scale:
         raise ValueError(f"Train SR LoRA: crop_size {crop_size} must be a multiple of scale {scale}")
     target = lora_output_path(lora_name, overwrite)
-    sampler = ImageCrops(hr_images(images, folder))
-    net = trainable_network(model, vae)
-    base_sha = state_sha256(net)
+    crops = ImageCrops(hr_images(images, folder))
+    spec = lora_spec(model, rank, alpha, target_modules)
+    native = not is_default_model(model)
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
-    config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=0.99,
-                         checkpoint_every=max(1, steps // 10), progress=False)
-    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency=model_info(model)["objective"],
-                                consistency_weight=0.25)
-    probe = (torch.zeros(1, 3, crop_size, crop_size), torch.zeros(1, 3, crop_size, crop_size))
-    trainer = AdversarialLoRATrainer(
-        net, LoraSpec(rank=rank, target_modules=DEFAULT_TARGETS), objective,
-        sr_batches(sampler, batch_size, crop_size, real_degradation, net.source_noise, scales=(scale,)), config,
-        probe=probe,
-        discriminator=discriminator,
-        metadata={"family": net.family, "base_model": "OneStep SR default model (ComfyUI MODEL)",
-                  "base_model_state_sha256": base_sha, "hr_images": len(sampler.images), "batch": batch_size,
-                  "crop": crop_size, "scale": scale, "real_fraction": real_degradation})
+    config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate,
+                         ema_decay=None if native else 0.99, checkpoint_every=max(1, steps // 10), progress=False)
+    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency_weight=0.25,
+                                consistency=CONSISTENCY if native else model_info(model)["objective"])
+    metadata = {"hr_images": len(crops.images), "batch": batch_size, "crop": crop_size, "scale": scale,
+                "real_fraction": real_degradation}
+    make_trainer = (partial(native_lora_trainer, model, vae, positive) if native
+                    else partial(default_model_trainer, model, vae))
     progress = comfy.utils.ProgressBar(steps)
+    # ComfyUI runs nodes under torch.inference_mode, in which nothing can be trained.
+    with torch.inference_mode(False), make_trainer(crops, spec, objective, config, batch_size, crop_size, scale,
+                                                   real_degradation, discriminator, metadata) as trainer:
+        def step_hook():
+            progress.update_absolute(trainer.trainer.step, steps)
+            comfy.model_management.throw_exception_if_processing_interrupted()
 
-    def step_hook():
-        progress.update_absolute(trainer.trainer.step, steps)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-
-    objective.step_hook = step_hook
-    try:
-        summary = trainer.train()
-    except comfy.model_management.InterruptProcessingException:
-        trainer.trainer.save_checkpoint()  # the steps done so far; the same lora_name resumes from here
-        raise
-    progress.update_absolute(steps, steps)
-    trainer.export(target, ema=False, overwrite=overwrite)  # the adapter as trained (an EMA lags in short runs)
+        objective.step_hook = step_hook
+        try:
+            summary = trainer.train()
+        except comfy.model_management.InterruptProcessingException:
+            trainer.trainer.save_checkpoint()  # the steps done so far; the same lora_name resumes from here
+            raise
+        progress.update_absolute(steps, steps)
+        # the adapter as trained (an EMA lags in short runs)
+        trainer.export(target, prefix=LORA_KEY_PREFIX if native else COMFY_DEFAULT_MODEL_PREFIX, ema=False,
+                       overwrite=overwrite)
     folder_paths.filename_list_cache.pop(LORA_FOLDER, None)
     plot = np.asarray(Image.open(run_dir / LOSS_CURVE_NAME).convert("RGB"), dtype=np.float32) / 255
     lora = comfy.utils.load_torch_file(str(target), safe_load=True)
@@ -476,7 +507,9 @@ class OneStepSRTrainLoRA:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "The OneStep SR default model ('Load OneStep SR Model') to adapt."}),
+            "model": ("MODEL", {"tooltip": "The model to adapt: the OneStep SR default model ('Load OneStep SR "
+                                           "Model') or a native flow model (FLUX, SD3, Z-Image, Qwen-Image, SD2 "
+                                           "patched with ModelSamplingSD3)."}),
             "vae": ("VAE", {"tooltip": "The model's VAE (pixel space for the default model)."}),
             "lora_name": ("STRING", {"default": "onestep_sr_adversarial", "tooltip": "File name in models/loras/."}),
             "steps": ("INT", {"default": 200, "min": 1, "max": 100000, "tooltip": "Optimizer steps (a rerun resumes)."}),
@@ -501,6 +534,13 @@ class OneStepSRTrainLoRA:
             "folder": ("STRING", {"default": "", "tooltip": "A folder of HR images (absolute or under ComfyUI's input)."}),
             "real_degradation": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.05,
                                            "tooltip": "Share of batches degraded by the real-world chain instead of bicubic."}),
+            "positive": ("CONDITIONING", {"tooltip": "Text conditioning of a native model (e.g. CLIPTextEncode of "
+                                                     "the prompt it will upscale with); the default model takes none."}),
+            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5,
+                                "tooltip": "LoRA alpha (scaling alpha / rank); 0 means alpha = rank."}),
+            "target_modules": ("STRING", {"default": "", "tooltip": "Comma-separated module-name suffixes to adapt "
+                                                                    "(e.g. qkv, proj); empty: the model's attention "
+                                                                    "and MLP layers."}),
         }}
 
     RETURN_TYPES = ("MODEL", "IMAGE", "STRING")
@@ -508,7 +548,7 @@ class OneStepSRTrainLoRA:
     FUNCTION = "train"
     OUTPUT_NODE = True
     CATEGORY = "OneStep SR/training"
-    DESCRIPTION = ("Adversarially fine-tunes an SR LoRA (reconstruction + GAN + flow-map consistency) on HR images and "
+    DESCRIPTION = ("Adversarially fine-tunes an SR LoRA (reconstruction + GAN + flow consistency) on HR images and "
                    "saves it into models/loras/. Interrupting keeps the last checkpoint; running again resumes.")
 
     def train(self, **kwargs):
