@@ -3,6 +3,7 @@ ComfyUI's stock 'LoraLoaderModelOnly' on the MODEL of 'Load OneStep SR Model', t
 network had in training; its PEFT folder loads with peft's own PeftModel; files never overwrite."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
 from onestep_sr.samplers import TARGET_KEY
 from onestep_sr.training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
+from onestep_sr.training.checkpoint import load_tensors
 from onestep_sr.training.lora import (LoraSpec, add_lora, load_lora, lora_layers, read_lora, save_lora,
                                       set_strength)
 from onestep_sr.training.trainer import TrainConfig
@@ -141,3 +143,23 @@ def test_files_are_never_overwritten_and_bad_specs_are_named(trained, tmp_path):
         load_lora(FlowMapSRNet(width=16, blocks=3), path)
     with pytest.raises(ValueError, match=".safetensors"):
         save_lora(tmp_path / "c.pt", trainer.generator, trainer.spec)
+
+
+def test_checkpoints_hold_the_run_not_the_frozen_base(trained):
+    base, trainer = trained
+    tensors, meta = load_tensors(trainer.trainer.checkpoint_path)
+    frozen = {name for name, p in trainer.trainer.net.named_parameters() if not p.requires_grad}
+    assert frozen and not any(key.split(".", 1)[1] in frozen for key in tensors if key.startswith(("net.", "ema.")))
+    assert any("lora_A" in key for key in tensors) and any(key.startswith("net.discriminator.") for key in tensors)
+
+    resumed = AdversarialLoRATrainer(  # resumes on a fresh copy of the base: the adapter comes back, the base stays
+        copy.deepcopy(base), trainer.spec, AdversarialLoRA(), sr_batches,
+        dataclasses.replace(trainer.trainer.config, progress=False), probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2,
+        discriminator="patch")
+    assert resumed.trainer.step == meta["step"] == 3
+    state = resumed.trainer.net.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in trainer.trainer.net.state_dict().items())
+    with pytest.raises(ValueError, match="does not fit"):
+        AdversarialLoRATrainer(copy.deepcopy(base), LoraSpec(rank=4, alpha=2.0, target_modules=("conv1",)),
+                               AdversarialLoRA(), sr_batches, trainer.trainer.config,
+                               probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2, discriminator="patch")

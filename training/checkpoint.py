@@ -1,8 +1,8 @@
 """Checkpoints as single safetensors files: tensors only (no pickle), JSON metadata, atomic writes.
 
 Layout of a training checkpoint:
-    net.<name>                  the trained network's state_dict
-    ema.<name>                  the EMA network's state_dict
+    net.<name>                  the trained network's state_dict, frozen parameters left out
+    ema.<name>                  the EMA network's state_dict, the same entries
     optimizer.<index>.<key>     the optimizer's per-parameter state tensors
     history.loss                the loss of every optimizer step so far (float32 [steps])
 Metadata: each key holds one JSON value (`read_metadata` decodes them): "format", "step",

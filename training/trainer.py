@@ -194,13 +194,32 @@ class Trainer:
                 "objective": self.objective.name, "objective_options": objective_options(self.objective),
                 "config": dataclasses.asdict(self.config)}
 
+    def _frozen_parameters(self) -> set[str]:
+        """State-dict names of the net's frozen parameters (e.g. a LoRA run's base network): they are
+        the network the run was built on, not state of the run, so checkpoints leave them out (a
+        multi-GB base would otherwise be written at every checkpoint); a resumed run takes them from
+        the network it is given."""
+        return {name for name, p in self.unwrapped_net.named_parameters() if not p.requires_grad}
+
+    def _run_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        frozen = self._frozen_parameters()
+        return {k: v for k, v in module.state_dict().items() if k not in frozen}
+
+    def _load_run_state(self, module: torch.nn.Module, state: dict[str, torch.Tensor], path) -> None:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing = sorted(set(missing) - self._frozen_parameters())
+        if missing or unexpected:
+            raise ValueError(f"{path} does not fit this network: missing {missing[:8]}, unexpected "
+                             f"{sorted(unexpected)[:8]}; use a new output_dir or the same network")
+
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write net, EMA, optimizer state, loss history and metadata (main process; atomic)."""
+        """Write net and EMA (without frozen parameters), optimizer state, loss history and metadata
+        (main process; atomic)."""
         path = Path(path) if path is not None else self.checkpoint_path
         if self.is_main_process:
             opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
-            tensors = {**prefixed("net", self.unwrapped_net.state_dict()),
-                       **(prefixed("ema", self.ema_net.state_dict()) if self.ema_net is not None else {}),
+            tensors = {**prefixed("net", self._run_state(self.unwrapped_net)),
+                       **(prefixed("ema", self._run_state(self.ema_net)) if self.ema_net is not None else {}),
                        **prefixed("optimizer", opt_tensors),
                        "history.loss": torch.tensor(self.losses, dtype=torch.float32)}
             save_tensors(path, tensors, {**self._metadata(), "optimizer": opt_rest})
@@ -220,10 +239,10 @@ class Trainer:
             if key in ("family", "start_mode") and key in meta and meta[key] != value:
                 raise ValueError(f"{path} has {key}={meta[key]!r}, this run asks for {value!r}: "
                                  "use a new output_dir or the same setting")
-        self.unwrapped_net.load_state_dict(unprefixed("net", tensors))
+        self._load_run_state(self.unwrapped_net, unprefixed("net", tensors), path)
         if self.ema_net is not None:
             ema = unprefixed("ema", tensors)
-            self.ema_net.load_state_dict(ema or unprefixed("net", tensors))  # no EMA saved: start it here
+            self._load_run_state(self.ema_net, ema or unprefixed("net", tensors), path)  # no EMA saved: start it here
         self.optimizer.optimizer.load_state_dict(
             unflatten_optimizer(unprefixed("optimizer", tensors), meta["optimizer"]))
         for group in self.optimizer.optimizer.param_groups:  # this run's settings win
