@@ -134,7 +134,9 @@ class AdapterReport:
 
 
 def _expected_shape(weight_shape, target) -> tuple:
-    if isinstance(target, tuple):  # (key, (dim, start, length)): a slice of a fused weight
+    # (key, (dim, start, length)[, function]): a slice of a fused weight; (key, None, function): the whole
+    # weight through a function (SD3's final / last context adaLN rows, diffusers' scale-shift order swapped)
+    if isinstance(target, tuple) and target[1] is not None:
         shape = list(weight_shape)
         shape[target[1][0]] = target[1][2]
         return tuple(shape)

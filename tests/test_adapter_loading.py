@@ -169,6 +169,84 @@ def test_peft_unet_lora_with_adapter_config_matches_peft(node, tmp_path):
     check_close(patched_output(patched, args, kwargs), expected, base)
 
 
+# ---------------------------------------------------------------- TSD-SR (SD3 transformer + VAE-encoder LoRA files)
+
+# TSD-SR's released files (test/test_tsdsr.py of its repository): StableDiffusion3Pipeline.lora_state_dict
+# reads both, and its load_lora_state_dict copies peft parameter "<module>.lora_A.default.weight" from
+# key "transformer.<module>.lora_A.weight" -- the VAE file's keys carry "transformer." too. LoraConfig
+# r = lora_alpha = 64 for both (scaling 1); targets to_q/k/v, to_out.0, add_*_proj, proj, linear, proj_out.
+# diffusers SD3 module -> (ComfyUI module of the tiny SD3, how the file's up matrix lands in ComfyUI's weight)
+TSDSR_TRANSFORMER = {
+    "transformer_blocks.0.attn.to_q": ("joint_blocks.0.x_block.attn.qkv", "qkv_first_third"),
+    "transformer_blocks.0.attn.add_k_proj": ("joint_blocks.0.context_block.attn.qkv", "qkv_second_third"),
+    "transformer_blocks.0.norm1.linear": ("joint_blocks.0.x_block.adaLN_modulation.1", "same"),
+    "transformer_blocks.0.norm1_context.linear": ("joint_blocks.0.context_block.adaLN_modulation.1", "swap_halves"),
+    "transformer_blocks.0.ff.net.0.proj": ("joint_blocks.0.x_block.mlp.fc1", "same"),
+    "pos_embed.proj": ("x_embedder.proj", "same"),
+    "norm_out.linear": ("final_layer.adaLN_modulation.1", "swap_halves"),
+    "proj_out": ("final_layer.linear", "same"),
+}
+
+
+def up_in_comfy(up: torch.Tensor, how: str, rows: int) -> torch.Tensor:
+    """A diffusers LoRA up matrix as ComfyUI's weight sees it (known answers: fused qkv thirds; the
+    last adaLN layers hold (shift, scale) where diffusers holds (scale, shift))."""
+    if how.startswith("qkv"):
+        third = ("first", "second", "third").index(how.split("_")[1])
+        full = torch.zeros(rows, up.shape[1])
+        full[third * up.shape[0]:(third + 1) * up.shape[0]] = up
+        return full
+    if how == "swap_halves":
+        return torch.cat(up.chunk(2)[::-1])
+    return up
+
+
+def test_tsdsr_transformer_and_vae_files_match_peft(node, tmp_path):
+    import comfy.model_management
+
+    model, vae = tiny_models.build_model("sd3"), tiny_sd_vae()
+    weights, vae_weights, rank = weights_of(model), vae.first_stage_model.state_dict(), 4
+    hidden = weights["joint_blocks.0.x_block.attn.qkv.weight"].shape[1]
+    transformer, loras = {}, {}
+    for i, (diffusers, (module, how)) in enumerate(TSDSR_TRANSFORMER.items()):
+        weight = weights[f"{module}.weight"]
+        rows = hidden if how.startswith("qkv") else weight.shape[0]
+        down, up = lora_for(torch.zeros(rows, *weight.shape[1:]), rank, seed=100 + 2 * i)
+        up = up * 0.3  # eight adapted layers, adaLN among them: smaller updates keep float32 rounding in tolerance
+        transformer[f"transformer.{diffusers}.lora_A.weight"] = down
+        transformer[f"transformer.{diffusers}.lora_B.weight"] = up
+        loras[module] = (down, up_in_comfy(up.flatten(1), how, weight.shape[0]).reshape(weight.shape[0], rank,
+                                                                                        *up.shape[2:]))
+    vae_file, vae_loras = {}, {}
+    for i, (diffusers, ldm) in enumerate(VAE_DIFFUSERS.items()):
+        weight = vae_weights[f"{ldm}.weight"]
+        down, up = lora_for(weight.flatten(1) if diffusers.endswith("to_q") else weight, rank, seed=140 + i)
+        vae_file[f"transformer.{diffusers}.lora_A.weight"], vae_file[f"transformer.{diffusers}.lora_B.weight"] = down, up
+        vae_loras[ldm] = (down, up)
+    save_file(transformer, tmp_path / "transformer.safetensors")
+    save_file(vae_file, tmp_path / "vae.safetensors")
+
+    args, kwargs = model_inputs("sd3")
+    reference = with_peft(model.model.diffusion_model, loras, rank, rank)  # alpha = rank: scaling 1
+    vae_reference = with_peft(vae.first_stage_model, vae_loras, rank, rank)
+    pixels = randn(1, 3, 32, 32, seed=51, std=0.5)
+    with torch.no_grad():
+        expected, base = reference(*args, **kwargs), model.model.diffusion_model(*args, **kwargs)
+        expected_latent, base_latent = vae_reference.encoder(pixels), vae.first_stage_model.encoder(pixels)
+
+    patched, patched_vae, report = node.load_sr_adapter(model, str(tmp_path / "transformer.safetensors"), vae=vae,
+                                                        vae_path=str(tmp_path / "vae.safetensors"))
+    assert "peft_diffusers" in report and f"MODEL: {len(TSDSR_TRANSFORMER)} modules" in report
+    assert f"VAE: {len(VAE_DIFFUSERS)} modules" in report
+    check_close(patched_output(patched, args, kwargs), expected, base)
+    comfy.model_management.load_models_gpu([patched_vae.patcher])
+    try:
+        with torch.no_grad():
+            check_close(patched_vae.first_stage_model.encoder(pixels), expected_latent, base_latent)
+    finally:
+        patched_vae.patcher.unpatch_model()
+
+
 # ---------------------------------------------------------------- FlowSR single file (UNet + VAE encoder)
 
 TINY_VAE = {"double_z": True, "z_channels": 4, "resolution": 32, "in_channels": 3, "out_ch": 3, "ch": 32,
