@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..training.adapter_formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, DualBranchLoRA, detect_format,
                                         dual_branch_groups, halves_modulate, peft_alpha, peft_config_beside,
-                                        read_flowsr, read_safetensors, to_comfy_lora, with_dual_branch)
+                                        read_flowsr, read_safetensors, to_comfy_lora, wan_vae_name, with_dual_branch)
 from ..training.adversarial import DISCRIMINATORS, AdversarialLoRA, AdversarialLoRATrainer
 from ..training.lora import COMFY_DEFAULT_MODEL_PREFIX, DEFAULT_TARGETS, NATIVE_TARGETS, LoraSpec
 from ..training.sr_data import ImageCrops, sr_batches
@@ -92,9 +92,10 @@ def _stripped(name: str) -> list[str]:
 
 def resolve(module: str, key_map: dict, vae: bool = False) -> str | None:
     """The key_map name of a file's module name: as is, without known prefixes, with ComfyUI's
-    "transformer." (diffusers DiT names), or (VAE) converted from diffusers names."""
+    "transformer." (diffusers DiT names), or (VAE) converted from diffusers SD names or from
+    DiffSynth's Qwen-Image VAE names (ODTSR's encoder) to ComfyUI's WanVAE."""
     for name in _stripped(module):
-        candidates = [name, f"transformer.{name}"] + ([diffusers_vae_name(name)] if vae else [])
+        candidates = [name, f"transformer.{name}"] + ([diffusers_vae_name(name), wan_vae_name(name)] if vae else [])
         for candidate in candidates:
             if candidate in key_map:
                 return candidate

@@ -419,6 +419,60 @@ def test_dual_branch_lora_matches_odtsrs_layer(node, tmp_path, noise_scale, cond
     check_close(patched_output(patched, args, {**kwargs, "transformer_options": options}), expected, base)
 
 
+# ODTSR's `pipe.new_vae` is DiffSynth's QwenImageVAE, whose encoder modules carry diffusers-style names;
+# ComfyUI's Qwen-Image VAE is WanVAE. DiffSynth module -> WanVAE module (known answers, written out by hand).
+ODTSR_VAE = {"encoder.conv_in": "encoder.conv1",
+             "encoder.down_blocks.0.conv1": "encoder.downsamples.0.residual.2",
+             "encoder.down_blocks.3.conv_shortcut": "encoder.downsamples.3.shortcut",
+             "encoder.down_blocks.4.conv2": "encoder.downsamples.4.residual.6",
+             "encoder.mid_block.resnets.1.conv1": "encoder.middle.2.residual.2",
+             "encoder.conv_out": "encoder.head.2",
+             "quant_conv": "conv1"}
+
+
+def tiny_wan_vae():
+    """A comfy.sd.VAE holding a small Wan-2.1 VAE, the architecture of ComfyUI's Qwen-Image VAE."""
+    import comfy.sd
+    from comfy.ldm.wan.vae import WanVAE
+
+    module = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                    temperal_downsample=[False, True, True])
+    return comfy.sd.VAE(sd=tiny_models._random_state_dict(module, "test_adapter_tiny_wan_vae"))
+
+
+def test_odtsr_new_vae_encoder_weights_land_in_comfys_wan_vae(node, tmp_path):
+    import comfy.model_management
+
+    model, vae = tiny_qwen_image(), tiny_wan_vae()
+    weights, vae_weights, rank = weights_of(model), vae.first_stage_model.state_dict(), 4
+    weight = weights["transformer_blocks.0.attn.to_q.weight"]
+    tensors = {f"pipe.dit.transformer_blocks.0.attn.to_q.{part}.weight": randn(*shape, seed=200 + i)
+               for i, (part, shape) in enumerate((("lora_A1", (rank, weight.shape[1])), ("lora_B1", (weight.shape[0], rank)),
+                                                  ("lora_A2", (rank, weight.shape[1])), ("lora_B2", (weight.shape[0], rank))))}
+    replaced = {}
+    for i, (diffsynth, wan) in enumerate(ODTSR_VAE.items()):
+        for j, kind in enumerate(("weight", "bias")):
+            value = randn(*vae_weights[f"{wan}.{kind}"].shape, seed=300 + 2 * i + j, std=0.1)
+            tensors[f"pipe.new_vae.{diffsynth}.{kind}"] = value
+            replaced[f"{wan}.{kind}"] = value
+    save_file(tensors, tmp_path / "odtsr.safetensors")
+
+    reference = copy.deepcopy(vae.first_stage_model)
+    reference.load_state_dict({**reference.state_dict(), **replaced})
+    pixels = randn(1, 3, 1, 32, 32, seed=52, std=0.5)
+    with torch.no_grad():
+        expected, base = reference.encode(pixels), vae.first_stage_model.encode(pixels)
+
+    _, patched_vae, report = node.load_sr_adapter(model, str(tmp_path / "odtsr.safetensors"), vae=vae)
+    assert "dual_branch" in report and f"VAE: {len(replaced)} modules" in report
+    comfy.model_management.load_models_gpu([patched_vae.patcher])
+    try:
+        with torch.no_grad():
+            check_close(patched_vae.first_stage_model.encode(pixels), expected, base)
+    finally:
+        patched_vae.patcher.unpatch_model()
+
+
 # ---------------------------------------------------------------- problems are named, never skipped
 
 

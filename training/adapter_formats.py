@@ -18,7 +18,7 @@ Formats (`detect_format` tells them apart):
 - ``dual_branch``: two LoRAs per linear layer, ``<module>.lora_A1/lora_B1.weight`` on the first
   half of the token sequence (the noise tokens) and ``lora_A2/lora_B2`` on the second half (the
   condition tokens), as in ODTSR's released Qwen-Image weights (keys under ``pipe.dit.``, and a
-  replacement VAE encoder under ``pipe.new_vae.``). A 2-D input (a modulation layer fed the
+  replacement VAE encoder under ``pipe.new_vae.``, in DiffSynth's QwenImageVAE names: `wan_vae_name`). A 2-D input (a modulation layer fed the
   time embedding) gets one output per branch, stacked as [B, 2, out]; the transformer block then
   modulates each half of its tokens with its own row (`halves_modulate`). The per-branch
   scaling is not stored in the file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
@@ -48,6 +48,20 @@ DUAL_PARTS = ("lora_A1", "lora_B1", "lora_A2", "lora_B2")
 PEFT_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>[AB])(\.(?P<adapter>[^.]+))?\.weight$")
 DIFFUSERS_KEY = re.compile(r"^(?P<module>.+?)(\.lora|_lora)\.(?P<part>up|down)\.weight$")
 DUAL_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_[AB][12])\.weight$")
+# DiffSynth's QwenImageVAE (ODTSR's `pipe.new_vae`) names the Wan-2.1 encoder like diffusers'
+# AutoencoderKLQwenImage; ComfyUI's Qwen-Image VAE is comfy.ldm.wan.vae.WanVAE. Both keep the
+# encoder's residual / resample blocks in one flat list, so block indices carry over unchanged.
+WAN_VAE_BLOCKS = ((re.compile(r"^encoder\.conv_in$"), "encoder.conv1"),
+                  (re.compile(r"^encoder\.down_blocks\.(\d+)(?=\.|$)"), r"encoder.downsamples.\1"),
+                  (re.compile(r"^encoder\.mid_block\.resnets\.0(?=\.|$)"), "encoder.middle.0"),
+                  (re.compile(r"^encoder\.mid_block\.attentions\.0(?=\.|$)"), "encoder.middle.1"),
+                  (re.compile(r"^encoder\.mid_block\.resnets\.1(?=\.|$)"), "encoder.middle.2"),
+                  (re.compile(r"^encoder\.norm_out$"), "encoder.head.0"),
+                  (re.compile(r"^encoder\.conv_out$"), "encoder.head.2"),
+                  (re.compile(r"^quant_conv$"), "conv1"))
+# inside a residual block: DiffSynth's named layers -> positions in WanVAE's `residual` Sequential
+WAN_RESIDUAL_LAYERS = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "residual.3", "conv2": "residual.6",
+                       "conv_shortcut": "shortcut"}
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -100,6 +114,20 @@ def read_flowsr(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> F
         raise ValueError(f"the FlowSR file names no UNet tensors under {FLOWSR_METADATA_KEY!r} -> tensor_names -> "
                          "unet_state_dict")
     return FlowSRCheckpoint(unet=groups["unet"], vae=groups["vae"], fields=dict(payload.get("fields", {})))
+
+
+def wan_vae_name(module: str) -> str | None:
+    """ComfyUI's WanVAE module path for a DiffSynth QwenImageVAE encoder module path, or None when
+    `module` is not one (the decoder is left out: ODTSR decodes with the original VAE)."""
+    for pattern, replacement in WAN_VAE_BLOCKS:
+        match = pattern.match(module)
+        if match:
+            block, rest = match.expand(replacement), module[match.end():].lstrip(".")
+            if rest.split(".")[0] in WAN_RESIDUAL_LAYERS:
+                layer, _, tail = rest.partition(".")
+                rest = ".".join(filter(None, (WAN_RESIDUAL_LAYERS[layer], tail)))
+            return ".".join(filter(None, (block, rest)))
+    return None
 
 
 def peft_config_beside(path: str | os.PathLike) -> dict | None:
