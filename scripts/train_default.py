@@ -29,7 +29,7 @@ from onestep_sr.models.pipeline import START_MODE
 from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.objectives import make_objective
 from onestep_sr.training.sr_data import sr_batches
-from onestep_sr.training.trainer import CHECKPOINT_NAME, TrainConfig, Trainer
+from onestep_sr.training.trainer import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, Trainer
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,9 @@ def main(argv=None) -> int:
                         help="trajectory_endpoint: fraction of each batch trained on the one-step jump from t = 1")
     parser.add_argument("--real-fraction", type=float, default=0.1,
                         help="fraction of batches degraded by the real-world chain instead of bicubic")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="cosine",
+                        help="cosine: decays to 0 at --steps (a resumed run continues the schedule)")
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--endpoint-weight", type=float, default=1.0)
     parser.add_argument("--source-noise", type=float, default=0.0,
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     else:
         objective = make_objective("trajectory_endpoint", start_fraction=args.start_fraction)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
+                         lr_schedule=args.lr_schedule,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          progress=not args.no_progress)
     command = "python scripts/train_default.py " + shlex.join(
@@ -89,8 +92,6 @@ def main(argv=None) -> int:
                 CONFIG_KEY: net.config}
     batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, args.source_noise)
     trainer = Trainer(net, objective, batches, config, metadata=metadata)
-    for group in trainer.optimizer.param_groups:  # a resumed run takes this run's --lr
-        group["lr"] = args.lr
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.1f} samples/s)")
     if args.export:

@@ -100,6 +100,11 @@ def test_weights_that_do_not_fit_their_config_are_refused_by_name(tmp_path):
     save_tensors(str(tmp_path / "old.safetensors"), state, {CONFIG_KEY: net.config})
     with pytest.raises(ValueError, match=r"unexpected tensors \['unet.mid_block.attentions.0.to_q.weight'\]"):
         load_model(str(tmp_path / "old.safetensors"))
+    # same tensors, but a config from before the activation was a setting (those blocks used SiLU)
+    old_config = {key: value for key, value in net.config.items() if key != "activation"}
+    save_tensors(str(tmp_path / "silu.safetensors"), net.state_dict(), {CONFIG_KEY: old_config})
+    with pytest.raises(ValueError, match="another version"):
+        load_model(str(tmp_path / "silu.safetensors"))
 
 
 def test_held_out_photos_never_enter_training():
