@@ -202,7 +202,7 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
     lines += [
         "", "## 3. Guidance cost", "",
         f"The node at {guidance['steps']} steps, {guidance['output']}^2 output, guidance weight {guidance['weight']} "
-        "(positive and negative conditioning; ComfyUI batches both branches when its memory estimate allows) vs "
+        "(the positive and the softened negative branch in one batched call) vs "
         f"weight 1 (positive only). Seconds: best of {PLANS[plan_name]['guidance_repeats']} interleaved runs; "
         "ratio: median of back-to-back pairs.", "",
         "| | network calls | images evaluated | seconds | CPU seconds |", "|---|---|---|---|---|",
