@@ -10,7 +10,7 @@ import latent_preview
 import torch
 
 from ..models.pipeline import sample_sr
-from ..processing import auto_tile_size, default_overlap, tiled_apply
+from ..processing import MIN_OVERLAP_PX, auto_tile_size, default_overlap, tiled_apply
 from ..samplers import sample_flow_map, start_uses_noise
 from .comfy_glue import empty_conditioning, family_choice, ksampler, model_info
 from .default_model_node import direct_network
@@ -56,7 +56,7 @@ def sample_tiled(sample, model, latent: torch.Tensor, noise: torch.Tensor | None
 
 def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shift, gamma, bridge_scale,
             guidance, seed, upscale_method="bicubic", tile_size=0, vae_tile_size=1024, colour_fix="none",
-            positive=None, negative=None):
+            positive=None, negative=None, tile_overlap=0):
     """Encode -> flow-map sampling (tiled) -> decode -> colour fix, as the graph form does it."""
     info = model_info(model)
     if positive is None and info["needs_text"]:
@@ -68,10 +68,11 @@ def upscale(model, vae, image, scale_by, steps, family, start_mode, t_start, shi
     uses_noise = start_uses_noise(start_mode, info["source_noise"])
     noise = comfy.sample.prepare_noise(samples, seed) if uses_noise else None
     stride = vae_stride(vae)
-    overlap = default_overlap(1, stride)
+    overlap = -(-tile_overlap // stride) if tile_overlap else default_overlap(1, stride)
     if tile_size and tile_size < 2 * overlap * stride:
         raise ValueError(f"OneStep SR Upscale: tile_size {tile_size} px is below the smallest tile, "
-                         f"{2 * overlap * stride} px (tiles overlap by {overlap * stride} px); raise it or use 0 (auto)")
+                         f"{2 * overlap * stride} px (tiles overlap by {overlap * stride} px); raise it, lower tile_overlap "
+                "or use 0 (auto)")
     tile = tile_size // stride if tile_size else auto_latent_tile(model, samples)
     net = (direct_network(model) if positive is None and not uses_noise and start_mode == "lr" and t_start == 1.0
            and family_choice(family) in (None, *info["families"]) else None)
@@ -117,13 +118,18 @@ class OneStepSRUpscale:
                              "tooltip": "Seed for the start noise (start modes noise, noised_lr, bridge; gamma > 0)."}),
             "upscale_method": UPSCALE_METHOD,
             "tile_size": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8,
-                                  "tooltip": "Sample in tiles of this many output pixels (blended, >= 64 px "
-                                             "overlap); 0 = as large as free memory allows. Halved on out-of-memory."}),
+                                  "tooltip": "Sample in tiles of this many output pixels (blended over "
+                                             "tile_overlap); 0 = as large as free memory allows. Halved on "
+                                             "out-of-memory."}),
             "vae_tile_size": VAE_TILE_SIZE,
             "colour_fix": (COLOUR_METHOD[0], {**COLOUR_METHOD[1], "default": "none"}),
         }, "optional": {
             "positive": ("CONDITIONING", {"tooltip": "Positive SR prompt (required by text-conditioned models)."}),
             "negative": ("CONDITIONING", {"tooltip": "Negative SR prompt (needed when guidance != 1)."}),
+            "tile_overlap": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8,
+                                     "tooltip": "Overlap of neighbouring tiles in output pixels, blended with a cosine "
+                                                f"ramp; 0 = automatic ({MIN_OVERLAP_PX} px, rounded up to whole latent "
+                                                "cells)."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)

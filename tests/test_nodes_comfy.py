@@ -203,6 +203,11 @@ def test_tiled_sampling_is_seamless(ext):
     assert len(log.calls) > 1 and max(max(call["x"].shape[-2:]) for call in log.calls) <= 16
     psnr = -10 * math.log10(float(((tiled - whole) ** 2).mean().detach()))
     assert psnr >= 40.0  # measured 65 dB
+    # tile_overlap 16 px (2 cells) instead of the automatic 64 px (8): the same 2 x 3 tiles cover the
+    # latent with less overlap, so they shrink from 16 x 16 to 13 x 12 cells (tiling.balanced_tile)
+    model, narrow = logged_model("sd2")
+    one_click(ext, model, "sd2", image, steps=1, tile_size=128, t_start=0.3, tile_overlap=16)
+    assert {tuple(call["x"].shape[-2:]) for call in narrow.calls} == {(13, 12)}
 
 
 def test_out_of_memory_halves_the_tile_and_finishes(ext):
