@@ -64,19 +64,42 @@ def model_inputs(family):
 
 
 def patched_output(model_patcher, args, kwargs):
+    return patched_run(model_patcher, lambda model: model.diffusion_model(*args, **kwargs))
+
+
+def patched_run(patcher, run):
+    """run(patcher.model) with the patcher's weight patches applied (then removed again)."""
     import comfy.model_management
 
-    comfy.model_management.load_models_gpu([model_patcher])
+    comfy.model_management.load_models_gpu([patcher])
     try:
         with torch.no_grad():
-            return model_patcher.model.diffusion_model(*args, **kwargs)
+            return run(patcher.model)
     finally:
-        model_patcher.unpatch_model()
+        patcher.unpatch_model()
 
 
 def check_close(patched, reference, base):
     assert (patched - reference).abs().max() <= TOLERANCE
     assert (reference - base).abs().max() > 1e-3  # the adapter changes the output: the test can fail
+
+
+def check_model_and_vae_match_peft(model, vae, patched, patched_vae, family, loras, vae_loras, ranks, alphas,
+                                   pixel_seed):
+    """The patched MODEL and the patched VAE's encoder against peft LoRAs applied directly (`ranks`,
+    `alphas`: (model's, VAE's)); the input VAE stays untouched."""
+    args, kwargs = model_inputs(family)
+    reference = with_peft(model.model.diffusion_model, loras, ranks[0], alphas[0])
+    vae_reference = with_peft(vae.first_stage_model, vae_loras, ranks[1], alphas[1])
+    pixels = randn(1, 3, 32, 32, seed=pixel_seed, std=0.5)
+    with torch.no_grad():
+        expected, base = reference(*args, **kwargs), model.model.diffusion_model(*args, **kwargs)
+        expected_latent, base_latent = vae_reference.encoder(pixels), vae.first_stage_model.encoder(pixels)
+    check_close(patched_output(patched, args, kwargs), expected, base)
+    check_close(patched_run(patched_vae.patcher, lambda vae_model: vae_model.encoder(pixels)), expected_latent,
+                base_latent)
+    with torch.no_grad():
+        assert torch.equal(vae.first_stage_model.encoder(pixels), base_latent)
 
 
 def weights_of(model_patcher):
@@ -202,8 +225,6 @@ def up_in_comfy(up: torch.Tensor, how: str, rows: int) -> torch.Tensor:
 
 
 def test_tsdsr_transformer_and_vae_files_match_peft(node, tmp_path):
-    import comfy.model_management
-
     model, vae = tiny_models.build_model("sd3"), tiny_sd_vae()
     weights, vae_weights, rank = weights_of(model), vae.first_stage_model.state_dict(), 4
     hidden = weights["joint_blocks.0.x_block.attn.qkv.weight"].shape[1]
@@ -226,25 +247,13 @@ def test_tsdsr_transformer_and_vae_files_match_peft(node, tmp_path):
     save_file(transformer, tmp_path / "transformer.safetensors")
     save_file(vae_file, tmp_path / "vae.safetensors")
 
-    args, kwargs = model_inputs("sd3")
-    reference = with_peft(model.model.diffusion_model, loras, rank, rank)  # alpha = rank: scaling 1
-    vae_reference = with_peft(vae.first_stage_model, vae_loras, rank, rank)
-    pixels = randn(1, 3, 32, 32, seed=51, std=0.5)
-    with torch.no_grad():
-        expected, base = reference(*args, **kwargs), model.model.diffusion_model(*args, **kwargs)
-        expected_latent, base_latent = vae_reference.encoder(pixels), vae.first_stage_model.encoder(pixels)
-
     patched, patched_vae, report = node.load_sr_adapter(model, str(tmp_path / "transformer.safetensors"), vae=vae,
                                                         vae_path=str(tmp_path / "vae.safetensors"))
     assert "peft_diffusers" in report and f"MODEL: {len(TSDSR_TRANSFORMER)} modules" in report
     assert f"VAE: {len(VAE_DIFFUSERS)} modules" in report
-    check_close(patched_output(patched, args, kwargs), expected, base)
-    comfy.model_management.load_models_gpu([patched_vae.patcher])
-    try:
-        with torch.no_grad():
-            check_close(patched_vae.first_stage_model.encoder(pixels), expected_latent, base_latent)
-    finally:
-        patched_vae.patcher.unpatch_model()
+    # alpha = rank: scaling 1
+    check_model_and_vae_match_peft(model, vae, patched, patched_vae, "sd3", loras, vae_loras, (rank, rank),
+                                   (rank, rank), pixel_seed=51)
 
 
 # ---------------------------------------------------------------- FlowSR single file (UNet + VAE encoder)
@@ -284,8 +293,6 @@ def flowsr_file(path, unet: dict, vae: dict, fields: dict):
 
 
 def test_flowsr_file_patches_unet_and_vae_encoder(node, tmp_path):
-    import comfy.model_management
-
     model, vae = tiny_models.build_model("sd2"), tiny_sd_vae()
     unet_rank, vae_rank = 4, 2  # FlowSR leaves peft's default alpha 8: scalings 2 and 4
     weights, vae_weights = weights_of(model), vae.first_stage_model.state_dict()
@@ -302,25 +309,10 @@ def test_flowsr_file_patches_unet_and_vae_encoder(node, tmp_path):
               "vae_rank": vae_rank, "vae_lora_target_modules": ["conv_in", "conv1", "conv_shortcut", "to_q"]}
     flowsr_file(tmp_path / "flowsr.safetensors", unet, vae_sd, fields)
 
-    args, kwargs = model_inputs("sd2")
-    reference = with_peft(model.model.diffusion_model, unet_loras, unet_rank, 8.0)
-    vae_reference = with_peft(vae.first_stage_model, vae_loras, vae_rank, 8.0)
-    pixels = randn(1, 3, 32, 32, seed=50, std=0.5)
-    with torch.no_grad():
-        expected, base = reference(*args, **kwargs), model.model.diffusion_model(*args, **kwargs)
-        expected_latent, base_latent = vae_reference.encoder(pixels), vae.first_stage_model.encoder(pixels)
-
     patched, patched_vae, report = node.load_sr_adapter(model, str(tmp_path / "flowsr.safetensors"), vae=vae)
     assert "flowsr" in report and "VAE: 4 modules" in report
-    check_close(patched_output(patched, args, kwargs), expected, base)
-    comfy.model_management.load_models_gpu([patched_vae.patcher])
-    try:
-        with torch.no_grad():
-            check_close(patched_vae.first_stage_model.encoder(pixels), expected_latent, base_latent)
-    finally:
-        patched_vae.patcher.unpatch_model()
-    with torch.no_grad():  # the input VAE is untouched
-        assert torch.equal(vae.first_stage_model.encoder(pixels), base_latent)
+    check_model_and_vae_match_peft(model, vae, patched, patched_vae, "sd2", unet_loras, vae_loras,
+                                   (unet_rank, vae_rank), (8.0, 8.0), pixel_seed=50)
 
     with pytest.raises(ValueError, match="connect the model's VAE"):  # the VAE part is never dropped silently
         node.load_sr_adapter(model, str(tmp_path / "flowsr.safetensors"))
@@ -441,8 +433,6 @@ def tiny_wan_vae():
 
 
 def test_odtsr_new_vae_encoder_weights_land_in_comfys_wan_vae(node, tmp_path):
-    import comfy.model_management
-
     model, vae = tiny_qwen_image(), tiny_wan_vae()
     weights, vae_weights, rank = weights_of(model), vae.first_stage_model.state_dict(), 4
     weight = weights["transformer_blocks.0.attn.to_q.weight"]
@@ -465,12 +455,7 @@ def test_odtsr_new_vae_encoder_weights_land_in_comfys_wan_vae(node, tmp_path):
 
     _, patched_vae, report = node.load_sr_adapter(model, str(tmp_path / "odtsr.safetensors"), vae=vae)
     assert "dual_branch" in report and f"VAE: {len(replaced)} modules" in report
-    comfy.model_management.load_models_gpu([patched_vae.patcher])
-    try:
-        with torch.no_grad():
-            check_close(patched_vae.first_stage_model.encode(pixels), expected, base)
-    finally:
-        patched_vae.patcher.unpatch_model()
+    check_close(patched_run(patched_vae.patcher, lambda vae_model: vae_model.encode(pixels)), expected, base)
 
 
 # ---------------------------------------------------------------- problems are named, never skipped
