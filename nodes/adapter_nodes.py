@@ -38,7 +38,7 @@ from ..training.lora import COMFY_DEFAULT_MODEL_PREFIX, DEFAULT_TARGETS, NATIVE_
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
 from .comfy_glue import model_info
-from .default_model_node import FlowMapSRDiffusionModel
+from .default_model_node import is_default_model
 from .native_training import CONSISTENCY, LORA_KEY_PREFIX, native_lora_trainer
 
 CATEGORY = "OneStep SR/loaders"
@@ -406,10 +406,6 @@ def lora_output_path(name: str, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise FileExistsError(f"Train SR LoRA: {path} exists; choose another lora_name or switch overwrite on")
     return path
-
-
-def is_default_model(model) -> bool:
-    return isinstance(model.model.diffusion_model, FlowMapSRDiffusionModel)
 
 
 def trainable_network(model, vae):

@@ -86,6 +86,11 @@ class FlowMapSRComfyModel(comfy.model_base.BaseModel):
         return out
 
 
+def is_default_model(model_patcher) -> bool:
+    """True for a MODEL made by `load_default_model` (the OneStep SR network inside)."""
+    return isinstance(getattr(model_patcher.model, "diffusion_model", None), FlowMapSRDiffusionModel)
+
+
 def direct_network(model_patcher) -> FlowMapSRNet | None:
     """The default model's network, loaded with its weight patches (LoRA) applied, when nothing in
     the MODEL hooks into ComfyUI's sampling (no model_options function, transformer patch, object
@@ -95,8 +100,7 @@ def direct_network(model_patcher) -> FlowMapSRNet | None:
     ~35 full-image tensor passes ComfyUI's sampling and cond batching add per call (about 20 %
     of this small model's time at 1 MP on a CPU; a large diffusion model does not notice them).
     """
-    diffusion_model = getattr(model_patcher.model, "diffusion_model", None)
-    if not isinstance(diffusion_model, FlowMapSRDiffusionModel):
+    if not is_default_model(model_patcher):
         return None
     options = model_patcher.model_options
     hooked = (set(options) - {"transformer_options", MODEL_INFO_KEY} or options["transformer_options"]
@@ -106,7 +110,7 @@ def direct_network(model_patcher) -> FlowMapSRNet | None:
     if hooked:
         return None
     comfy.model_management.load_models_gpu([model_patcher])
-    return diffusion_model.net
+    return model_patcher.model.diffusion_model.net
 
 
 def load_default_model(path: str):

@@ -32,8 +32,8 @@ from .plotting import loss_curve
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOSS_CURVE_NAME = "loss_curve.png"
-# Metadata keys the trainer writes itself; the caller's metadata may not use them.
 LR_SCHEDULES = ("constant", "cosine")
+# Metadata keys the trainer writes itself; the caller's metadata may not use them.
 RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer")
 
 
