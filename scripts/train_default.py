@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--objective", choices=("trajectory_endpoint", "shortcut"), default="trajectory_endpoint")
     parser.add_argument("--start-fraction", type=float, default=0.5,
                         help="trajectory_endpoint: fraction of each batch trained on the one-step jump from t = 1")
+    parser.add_argument("--distance", choices=("l2", "l1"), default="l2",
+                        help="trajectory_endpoint: the per-pixel error of the endpoint regression")
     parser.add_argument("--real-fraction", type=float, default=0.1,
                         help="fraction of batches degraded by the real-world chain instead of bicubic")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
         objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight, levels=args.levels,
                                    consistency_fraction=args.consistency_fraction)
     else:
-        objective = make_objective("trajectory_endpoint", start_fraction=args.start_fraction)
+        objective = make_objective("trajectory_endpoint", start_fraction=args.start_fraction,
+                                   distance=args.distance)
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
                          lr_schedule=args.lr_schedule,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,

@@ -42,6 +42,14 @@ def mean_square(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).float().square().flatten(1).mean(1)
 
 
+def mean_absolute(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean absolute difference, shape [B]."""
+    return (a - b).float().abs().flatten(1).mean(1)
+
+
+DISTANCES = {"l2": mean_square, "l1": mean_absolute}
+
+
 def _unpack(batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     missing = [k for k in ("x0", "x1") if k not in batch]
     if missing:
@@ -390,7 +398,7 @@ class TrajectoryEndpoint:
     For a source that fixes the data, the straight path from any state x_t to x0 has velocity
     (x_t - x0) / t whatever the jump's end s, so every jump t -> s is trained on its endpoint:
 
-        L = || x_t - t u(x_t, t, s) - x0 ||^2,
+        L = d(x_t - t u(x_t, t, s), x0),
         x_t = x1 - (1 - t) sg(u'(x1, 1, t))   (t < 1; at t = 1, x_t = x1),
 
     with u' the EMA network: x_t is where an any-step sampler stands after its first jump. The
@@ -401,13 +409,19 @@ class TrajectoryEndpoint:
     t ~ U(0, 1); s ~ U(0, t), so any step count ends on the data. At the optimum the chained
     sampler equals the one-step map: steps trade nothing away, guidance and stochastic
     re-noising are what more steps buy.
+
+    `distance` d is the per-pixel squared error ("l2") or absolute error ("l1"); L1 is the usual
+    choice for PSNR-oriented SR networks (EDSR, Lim et al. 2017).
     """
 
     start_fraction: float = 0.5
+    distance: str = "l2"
     name = "trajectory_endpoint"
 
     def __post_init__(self):
         _split(1, self.start_fraction)
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {sorted(DISTANCES)}, got {self.distance!r}")
 
     def __call__(self, net, batch, ema_net=None, generator=None):
         x0, x1, cond = _unpack(batch)
@@ -424,7 +438,7 @@ class TrajectoryEndpoint:
                 u_first = teacher(x1[:n_path], ones, t[:n_path], path_cond)
                 x_t[:n_path] = flow_map(x1[:n_path], u_first, ones, t[:n_path])
         u = net(x_t, t, s, cond)
-        err = mean_square(denoised_from_velocity(x_t, u, per_sample(t, x_t)), x0)
+        err = DISTANCES[self.distance](denoised_from_velocity(x_t, u, per_sample(t, x_t)), x0)
         logs = {"endpoint": err.mean().item(),
                 "one_step": err[n_path:].mean().item() if n_path < n else 0.0,
                 "path": err[:n_path].mean().item() if n_path else 0.0}
