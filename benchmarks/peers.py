@@ -39,7 +39,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the benchmark modules import each other by name
     sys.path.insert(0, str(HERE))
 
+import plain_reference  # noqa: E402
 from onestep_sr.models.degrade import bicubic_upscale  # noqa: E402
+from onestep_sr.models.pipeline import upscale  # noqa: E402
 from onestep_sr.models.photos import cache_dir as photo_cache_dir  # noqa: E402
 from onestep_sr.processing.tiling import tiled_apply  # noqa: E402
 from onestep_sr.training.checkpoint import load_tensors, save_tensors  # noqa: E402
@@ -363,8 +365,12 @@ def realesrgan_upscale(net: RRDBNet, lr: torch.Tensor, scale: int, tile: int = 1
 
 
 def peer_methods() -> dict:
-    """name -> callable(lr, scale): Real-ESRGAN x4plus (converted on first use)."""
-    return {PEER_NAME: functools.partial(realesrgan_upscale, load_realesrgan_x4plus())}
+    """name -> callable(lr, scale): Real-ESRGAN x4plus (converted on first use), and the issue's
+    plain reference network once benchmarks/plain_reference.py has trained it."""
+    methods = {PEER_NAME: functools.partial(realesrgan_upscale, load_realesrgan_x4plus())}
+    if plain_reference.WEIGHTS.exists():
+        methods[plain_reference.PLAIN_NAME] = functools.partial(upscale, plain_reference.load_plain_reference())
+    return methods
 
 
 def peer_metrics() -> dict:

@@ -188,3 +188,24 @@ def test_scaling_helpers_count_tiles_and_fit_the_exponent():
     rows = [{"output": side, "seconds": 0.1 * (side / 512) ** 3} for side in (256, 512, 1024, 2048)]
     assert scaling.fitted_exponent(rows) == pytest.approx(1.5)  # seconds ~ side^3 = pixels^1.5
     assert math.isnan(scaling.fitted_exponent(rows[:2]))  # one point at or above 512^2 fits nothing
+
+
+def test_plain_reference_is_the_issues_plain_network_run_as_one_regression_step(tmp_path):
+    import plain_reference
+    from onestep_sr.models.pipeline import upscale
+
+    net = plain_reference.PlainSRNet()
+    assert sum(p.numel() for p in net.parameters()) == 646256  # the issue's "0.65 M parameters"
+    lr = torch.rand(1, 3, 10, 9, generator=torch.Generator().manual_seed(0))
+    # zero-initialised output: the bicubic upscale itself
+    assert torch.allclose(upscale(net, lr, 4), bicubic_upscale(lr, 4), atol=1e-6)
+    torch.nn.init.normal_(net.conv_out.weight, std=1e-3)
+    up = bicubic_upscale(lr, 8) * 2 - 1
+    expected = ((up - net(up) + 1) / 2).clamp(0, 1)  # the regression x1 - u, whatever t and s
+    assert torch.allclose(upscale(net, lr, 8), expected, atol=1e-6)
+    assert (expected - bicubic_upscale(lr, 8)).abs().max() > 1e-3
+    # a trained run exports EMA weights that the quality table's loader reads back
+    export = tmp_path / "plain.safetensors"
+    assert plain_reference.main(["--steps", "2", "--threads", "1", "--output-dir", str(tmp_path / "run"),
+                                 "--export", str(export), "--no-progress"]) == 0
+    assert isinstance(plain_reference.load_plain_reference(export), plain_reference.PlainSRNet)
