@@ -11,7 +11,10 @@ if [ -d "$CACHE/extracted/usr/share/backgrounds" ]; then
     exit 0
 fi
 mkdir -p "$CACHE/debs"
-( cd "$CACHE/debs" && apt-get download "$PACKAGE" )
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi
+# A fresh machine may have no package lists yet: refresh them once and retry.
+( cd "$CACHE/debs" && { apt-get download "$PACKAGE" || { $sudo apt-get update -q && apt-get download "$PACKAGE"; }; } )
 dpkg -x "$CACHE"/debs/"$PACKAGE"_*.deb "$CACHE/extracted.tmp"
 mv "$CACHE/extracted.tmp" "$CACHE/extracted"
 echo "photos in $CACHE/extracted/usr/share/backgrounds"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: the ComfyUI 0.3.75 test host and venv (scripts/setup_host.sh),
-# Debian's chromium for the browser tests, then pytest. Arguments go to pytest (e.g. -k server, -x).
+# the training photos, Debian's chromium for the browser tests, then pytest. Arguments go to pytest (e.g. -k server, -x).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}
 
 bash "$repo/scripts/setup_host.sh"
+# The default model's training photos (Debian package, idempotent): the training-entry tests read them.
+bash "$repo/scripts/fetch_training_photos.sh"
 
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""
