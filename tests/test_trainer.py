@@ -103,6 +103,7 @@ def test_metadata_round_trips_and_is_json(tmp_path):
     assert meta["family"] == "two_time" and meta["start_mode"] == "noise"
     assert meta["scales"] == [2, 4, 8] and meta["data_manifest_hash"] == "c0ffee"
     assert meta["config"]["steps"] == 3 and meta["config"]["seed"] == 0
+    assert meta["precision"] == trainer.accelerator.mixed_precision in ("no", "bf16")
 
     exported = trainer.export_weights(tmp_path / "weights.safetensors")
     tensors, meta = load_tensors(exported)
@@ -186,3 +187,18 @@ def test_an_interrupted_cosine_run_resumes_on_the_same_schedule(tmp_path):
     assert resumed.step == 5
     resumed.train()
     _assert_same_state(straight, resumed)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_device_computes_it_natively(monkeypatch):
+    from onestep_sr.models.precision import native_bf16, resolve_precision
+
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        assert native_bf16("cpu") is (expected == "bf16")
+        assert resolve_precision("auto", "cpu") == expected
+        assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert not native_bf16("mps") and resolve_precision("auto", "mps") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of .*'fp16'"):
+        resolve_precision("fp16", "cpu")

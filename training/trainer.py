@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..models.precision import native_bf16
 from .checkpoint import (FORMAT, flatten_optimizer, load_tensors, prefixed, save_tensors,
                          unflatten_optimizer, unprefixed)
 from .ema import make_ema, update_ema
@@ -34,7 +35,7 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 LOSS_CURVE_NAME = "loss_curve.png"
 LR_SCHEDULES = ("constant", "cosine")
 # Metadata keys the trainer writes itself; the caller's metadata may not use them.
-RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer")
+RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer", "precision")
 
 
 @dataclass
@@ -51,7 +52,7 @@ class TrainConfig:
     grad_accumulation: int = 1        # micro-batches per optimizer step
     max_grad_norm: float | None = 1.0  # None: no clipping
     ema_decay: float | None = 0.999   # None: no EMA copy (targets then come from the net itself)
-    mixed_precision: str = "auto"     # "auto" (bf16 on a CUDA device that has it, else off), "no", "bf16", "fp16"
+    mixed_precision: str = "auto"     # "auto" (bf16 where the device computes it natively, else off), "no", "bf16", "fp16"
     checkpoint_every: int = 500       # optimizer steps between checkpoints (0: only at the end)
     resume: bool = True               # continue from output_dir's checkpoint when there is one
     cpu: bool = False                 # train on the CPU even if a GPU is present
@@ -111,7 +112,7 @@ class Trainer:
         cpu = config.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
         precision = config.mixed_precision
         if precision == "auto":
-            precision = "bf16" if not cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+            precision = "bf16" if native_bf16("cpu" if cpu else "cuda") else "no"  # see models/precision.py
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
         # The net is not wrapped in DistributedDataParallel: DDP's forward cannot run inside
@@ -192,7 +193,8 @@ class Trainer:
     def _metadata(self) -> dict:
         return {**self.metadata, "format": FORMAT, "step": self.step,
                 "objective": self.objective.name, "objective_options": objective_options(self.objective),
-                "config": dataclasses.asdict(self.config)}
+                "config": dataclasses.asdict(self.config),
+                "precision": self.accelerator.mixed_precision}  # what config.mixed_precision resolved to
 
     def _frozen_parameters(self) -> set[str]:
         """State-dict names of the net's frozen parameters (e.g. a LoRA run's base network): they are
