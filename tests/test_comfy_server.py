@@ -120,3 +120,33 @@ def test_cancel_interrupts_a_tiled_upscale_and_the_server_keeps_serving(comfy_se
     entry = comfy_server.wait_history(comfy_server.queue_prompt(good))
     assert entry["status"]["status_str"] == "success", _history_error(entry)
     assert entry["outputs"][good_save]["images"]
+
+
+@pytest.mark.parametrize("scale", [4, 8])
+def test_shipped_default_model_workflow_upscales_through_the_server(comfy_server, scale):
+    """The shipped default-model workflow as a user queues it: the real shipped weights, found by Load
+    OneStep SR Model without any download, on the bundled example photo; the saved image is the pure
+    pipeline's float32 upscale (SaveImage truncates to 8 bits: within one level)."""
+    import shutil
+
+    import torch
+    from onestep_sr.cli import DEFAULT_MODEL, read_image
+    from onestep_sr.models.flow_map_sr import load_model
+    from onestep_sr.models.pipeline import upscale
+
+    workflow = json.loads((host_lib.WORKFLOWS / f"onestep_sr_default_model_x{scale}.json").read_text())
+    prompt = host_lib.workflow_to_prompt(workflow, _input_types(comfy_server))
+    example = host_lib.REPO / "assets" / "example.png"
+    assert set(host_lib.referenced_files(prompt)) == {example.name, DEFAULT_MODEL.name}
+    shutil.copy(example, comfy_server.base / "input" / example.name)
+    entry = comfy_server.wait_history(comfy_server.queue_prompt(prompt))
+    assert entry["status"]["status_str"] == "success", _history_error(entry) or comfy_server.log_tail()
+    [save_id] = [node_id for node_id, node in prompt.items() if node["class_type"] == "SaveImage"]
+    [saved] = entry["outputs"][save_id]["images"]
+    result = numpy.asarray(Image.open(io.BytesIO(comfy_server.view(saved))).convert("RGB")).astype(int)
+
+    with torch.no_grad():
+        expected = upscale(load_model(str(DEFAULT_MODEL)), read_image(example), scale)
+    expected = (expected[0].permute(1, 2, 0).numpy() * 255).astype(int)
+    assert result.shape == expected.shape == (75 * scale, 112 * scale, 3)
+    assert numpy.abs(result - expected).max() <= 1
