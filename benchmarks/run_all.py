@@ -219,12 +219,16 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
               "(Subtracting the RSS before the run instead is unreliable: the allocator reuses memory the warm-up "
               "freed without returning it.)", "",
               f"![scaling]({plots['scaling']})", "",
-              "| output | tiles | seconds | process CPU s | s per output MP | peak RSS MiB | peak without output MiB |",
-              "|---|---|---|---|---|---|---|"]
+              f"The figures are float32's; the last column is the CLI's default precision (`--precision auto`: "
+              f"{scale_rows[0]['auto_precision']} on this machine, models/precision.py), timed after them in the "
+              "same process.", "",
+              "| output | tiles | seconds | process CPU s | s per output MP | peak RSS MiB | peak without output MiB "
+              "| seconds, --precision auto |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in scale_rows:
         lines.append(f"| {row['output']}^2 | {row['tiles']} | {_f(row['seconds'])} | {_f(row['cpu_seconds'])} | "
                      f"{_f(row['seconds'] / (row['output'] ** 2 / 1e6))} | {row['peak_rss'] / 2**20:.0f} | "
-                     f"{(row['peak_rss'] - row['output_bytes']) / 2**20:.0f} |")
+                     f"{(row['peak_rss'] - row['output_bytes']) / 2**20:.0f} | {_f(row['auto_seconds'])} |")
     lines += ["", f"Fitted exponent (outputs >= {scaling.FIT_FROM_OUTPUT}^2): time ~ pixels^{_f(exponent, 3)}; against "
               f"the pixels the network actually processes (tile overlaps included): "
               f"^{_f(results['exponent_processed'], 3)}; process CPU time against output pixels: "

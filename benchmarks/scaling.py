@@ -2,7 +2,8 @@
 
 Each size runs in a fresh Python process (peak RSS only ever grows within a process), doing what
 the CLI does: models.pipeline.upscale on tiles blended by processing.tiling.tiled_apply, one
-network evaluation per tile. The worker reports the wall and CPU time of the upscale alone, its
+network evaluation per tile, in float32 and then at the CLI's default precision ("auto": bf16 where
+the CPU computes it natively). The worker reports the wall and CPU time of the upscale alone, its
 peak RSS (counted from after loading and a warm-up call) and the bytes of the output image, so that
 the memory beyond the output buffer can be told apart.
 
@@ -29,6 +30,7 @@ from timing import peak_rss_bytes, reset_peak_rss  # noqa: E402
 
 from onestep_sr.models.flow_map_sr import load_model  # noqa: E402
 from onestep_sr.models.pipeline import upscale  # noqa: E402
+from onestep_sr.models.precision import resolve_precision  # noqa: E402
 from onestep_sr.processing.tiling import balanced_tile, default_overlap, tile_starts, tiled_apply  # noqa: E402
 
 SCALE = 4
@@ -58,9 +60,17 @@ def worker(weights: str, side: int, tile: int, threads: int) -> dict:
         started, cpu_started = time.perf_counter(), time.process_time()
         out = tiled_apply(lr, lambda x: upscale(net, x, SCALE), SCALE, tile)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        peak_rss = peak_rss_bytes()
+        # the CLI's default precision: bf16 where the CPU computes it natively (after the memory
+        # figure, which is float32's); warmed up at the tile shape like the float32 run
+        upscale(net, lr[..., :min(side, tile), :min(side, tile)], SCALE, precision="auto")
+        started = time.perf_counter()
+        tiled_apply(lr, lambda x: upscale(net, x, SCALE, precision="auto"), SCALE, tile)
+        auto_seconds = time.perf_counter() - started
     tiles, processed = tiles_processed(side, tile)
     return {"input": side, "output": side * SCALE, "seconds": seconds, "cpu_seconds": cpu_seconds,
-            "peak_rss": peak_rss_bytes(), "peak_reset": peak_reset, "output_bytes": out.numel() * out.element_size(),
+            "auto_seconds": auto_seconds, "auto_precision": resolve_precision("auto", "cpu"),
+            "peak_rss": peak_rss, "peak_reset": peak_reset, "output_bytes": out.numel() * out.element_size(),
             "tiles": tiles, "processed_output_pixels": processed * SCALE * SCALE}
 
 
