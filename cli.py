@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from .models.flow_map_sr import load_model
 from .models.pipeline import upscale
 from .models.precision import PRECISIONS
 from .processing.tiling import auto_tile_size, tiled_apply
+from .training.checkpoint import atomic_write
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "onestep_sr_default.safetensors"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -60,13 +59,7 @@ def write_png(image: torch.Tensor, path: Path, overwrite: bool) -> None:
     array = (image[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255.0).round().astype(np.uint8)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[-1]]
     pil = Image.fromarray(array[..., 0] if mode == "L" else array, mode=mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png.tmp", delete=False) as tmp:
-        pil.save(tmp, format="PNG")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)  # NamedTemporaryFile makes 0600 files
-    os.replace(tmp.name, path)
+    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def output_path(source: Path, out: Path, scale: int, single: bool) -> Path:

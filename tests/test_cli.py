@@ -1,6 +1,7 @@
 """`onestep-sr upscale` (issue 3's main job): files and folders, PNG/JPEG/WebP in, PNG out, alpha and
 greyscale kept, bad files named and skipped, nothing overwritten without --overwrite."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,9 @@ def test_existing_outputs_are_kept_unless_overwrite_is_given(tmp_path, capsys):
     assert run(source, "-o", target.parent, "--overwrite") == 0
     with Image.open(target) as image:
         assert image.size == (64, 48)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not the temporary file's 0600
 
 
 @pytest.mark.parametrize("args, message", [

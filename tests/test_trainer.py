@@ -1,5 +1,7 @@
 """The trainer: exact resume, atomic checkpoints, metadata, loss plot, refusals."""
 
+import os
+
 import pytest
 import torch
 from PIL import Image
@@ -106,6 +108,9 @@ def test_metadata_round_trips_and_is_json(tmp_path):
     assert meta["precision"] == trainer.accelerator.mixed_precision in ("no", "bf16")
 
     exported = trainer.export_weights(tmp_path / "weights.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert exported.stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file the user writes
     tensors, meta = load_tensors(exported)
     assert meta["weights"] == "ema" and meta["step"] == 3
     assert tensors.keys() == trainer.ema_net.state_dict().keys()
