@@ -138,10 +138,10 @@ def test_shipped_model_beats_bicubic_on_a_held_out_photo(shipped):
         lr = bicubic_downscale(hr, scale)
         one_step = psnr(upscale(shipped, lr, scale), hr)
         gain = one_step - psnr(bicubic_upscale(lr, scale), hr)
-        # The shipped weights gain +0.19 dB (x4) and +0.17 dB (x8) here, and 4 steps stay within
-        # 0.08 dB of 1 step (an untrained net gains exactly 0); the issue's +1.5 / +1.2 dB bars are
-        # not met yet (MODEL.md), so this checks the measured margins, not the bars.
-        assert gain >= 0.1, f"1-step x{scale} gains only {gain:.2f} dB over bicubic"
+        # The shipped weights gain +0.38 dB (x4) and +0.83 dB (x8) here, and 4 steps end 0.02 / 0.05 dB
+        # above 1 step (an untrained net gains exactly 0); the issue's +1.5 / +1.2 dB bars are not
+        # met yet (MODEL.md), so this checks the measured margins, not the bars.
+        assert gain >= 0.25, f"1-step x{scale} gains only {gain:.2f} dB over bicubic"
         assert psnr(upscale(shipped, lr, scale, steps=4), hr) >= one_step - 0.2
 
 
