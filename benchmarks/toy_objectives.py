@@ -2,7 +2,7 @@
 
     python benchmarks/toy_objectives.py [--steps 2000] [--overwrite]
 
-Each objective trains the same small MLP (training.toy.ToyFlowMapNet, same seed, same batches)
+Each objective trains the same small MLP (testing.toy.ToyFlowMapNet, same seed, same batches)
 for --steps optimizer steps with the package's Trainer; the EMA network then samples 1, 2, 4
 and 16 jumps from standard noise with the package's sampler, and the table gives the sliced
 2-Wasserstein distance (SWD, lower is better) to held-out mixture samples. Flow matching is
@@ -24,9 +24,11 @@ import torch
 
 from timing import machine_info
 
-from onestep_sr.training import TrainConfig, Trainer, atomic_write, make_objective
+from onestep_sr.files.atomic import atomic_write
+from onestep_sr.testing.toy import gaussian_mixture, mixture_batches, sample, sliced_wasserstein, ToyFlowMapNet
+from onestep_sr.training.objectives import make_objective
 from onestep_sr.training.plotting import scatter_panels
-from onestep_sr.training.toy import ToyFlowMapNet, gaussian_mixture, mixture_batches, sample, sliced_wasserstein
+from onestep_sr.training.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = HERE / "results" / "toy_objectives.md"

@@ -1,6 +1,6 @@
 """The default SR network: a small two-time flow map on a space-to-depth view.
 
-``net(x, t, s, cond) -> u``: the average velocity of the jump t -> s (DESIGN §2) for the
+``net(x, t, s, cond) -> u``: the average velocity of the jump t -> s (samplers/flow_map.py) for the
 image-space state ``x`` (in [-1, 1], at the output size). The state is pixel-unshuffled by
 ``stride`` (stacked with ``cond`` when ``condition=True``), a stack of diffusers
 ``ResnetBlock2D`` blocks runs at 1/stride of the resolution (the issue's "learn per FLOP":
@@ -33,6 +33,10 @@ none.
 
 Any image size works: the input is reflect-padded to a multiple of the stride and the output
 cropped back, so tiles of any size work too.
+
+``operations`` (a namespace with ``Conv2d`` and ``Linear``, such as ComfyUI's ``comfy.ops``
+classes) replaces the torch layers the blocks build: ComfyUI's manual casting, fp16/bf16 weights
+and low-VRAM offloading then reach every convolution, as they reach its native models' layers.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ from diffusers.models.resnet import ResnetBlock2D
 from einops import rearrange
 from torch import nn
 
+from ..files.tensors import load_tensors, save_tensors, unprefixed
 from ..samplers.flow_map import time_inputs
-from ..training.checkpoint import load_tensors, save_tensors, unprefixed
 
 CONFIG_KEY = "onestep_sr_config"
 # Times in [0, 1] are spread over the sinusoidal embedding's usual 0..1000 range.
@@ -61,7 +65,7 @@ class FlowMapSRNet(nn.Module):
 
     def __init__(self, channels: int = 3, stride: int = 4, width: int = 64, blocks: int = 8,
                  family: str = "shortcut", condition: bool = False, source_noise: float = 0.0,
-                 activation: str = "relu"):
+                 activation: str = "relu", *, operations=None, device=None, dtype=None):
         super().__init__()
         if family not in NET_FAMILIES:
             raise ValueError(f"family must be one of {NET_FAMILIES}, got {family!r}")
@@ -87,6 +91,9 @@ class FlowMapSRNet(nn.Module):
         # u = 0 at initialisation: the one-step sample starts as the bicubic upscale itself.
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if operations is not None:
+            rebuild_layers(self, operations, device, dtype)
+        self.to(device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                 cond: torch.Tensor) -> torch.Tensor:
@@ -114,6 +121,46 @@ class FlowMapSRNet(nn.Module):
         return u[..., :height, :width]
 
 
+def deepened(net: FlowMapSRNet, blocks: int) -> FlowMapSRNet:
+    """A copy of `net` with residual blocks appended up to `blocks`, computing exactly what `net`
+    computes: each new block's last convolution starts at zero, so the block passes its input on
+    unchanged until training moves it (a function-preserving warm start for a deeper network)."""
+    if blocks < len(net.blocks):
+        raise ValueError(f"deepened() adds blocks: the network has {len(net.blocks)}, asked for {blocks}")
+    grown = FlowMapSRNet(**{**net.config, "blocks": blocks})
+    state = grown.state_dict()
+    state.update(net.state_dict())
+    for index in range(len(net.blocks), blocks):
+        for name in ("weight", "bias"):
+            state[f"blocks.{index}.conv2.{name}"].zero_()
+    grown.load_state_dict(state)
+    return grown.to(next(net.parameters()).device)
+
+
+def rebuild_layers(module: nn.Module, operations, device=None, dtype=None) -> None:
+    """Swap every torch Conv2d / Linear inside `module` for `operations`' class of the same shape (its
+    weights are left for the caller to load: ComfyUI's operations skip initialisation)."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            layer = operations.Conv2d(child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+                                      padding=child.padding, dilation=child.dilation, groups=child.groups,
+                                      bias=child.bias is not None, padding_mode=child.padding_mode,
+                                      device=device, dtype=dtype)
+        elif type(child) is nn.Linear:
+            layer = operations.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                      device=device, dtype=dtype)
+        else:
+            rebuild_layers(child, operations, device, dtype)
+            continue
+        setattr(module, name, layer)
+
+
+def config_settings() -> set[str]:
+    """The names of the settings a FlowMapSRNet config holds (its constructor's architecture arguments)."""
+    return {name for name, parameter in inspect.signature(FlowMapSRNet).parameters.items()
+            if parameter.kind is parameter.POSITIONAL_OR_KEYWORD}
+
+
 def save_model(net: FlowMapSRNet, path: str, metadata: dict | None = None) -> None:
     """Weights to safetensors (atomic write), the architecture config and `metadata` (JSON
     values) in the file's metadata, so that `load_model` needs nothing but the file."""
@@ -133,7 +180,7 @@ def load_model(path: str, device: str | torch.device = "cpu") -> FlowMapSRNet:
     # a file of an older layout: say so, rather than torch's list of every missing tensor (or, for a
     # config that lacks a setting such as the activation, a network that computes something else)
     config = metadata[CONFIG_KEY]
-    settings = set(inspect.signature(FlowMapSRNet).parameters)
+    settings = config_settings()
     if set(config) != settings:
         raise ValueError(f"{path} has a config with settings {sorted(config)}, this version's network takes "
                          f"{sorted(settings)}: it was written by another version of OneStep SR; use the weights "

@@ -3,7 +3,7 @@
 Start mode 'lr' (FlowSR): x at t = 1 is the LR image bicubic-upsampled to the output size in
 [-1, 1] plus the model's seeded source noise (`lr_source`); the clean upsampled LR is passed
 as the condition (a model with condition=False ignores it). The any-step sampler of
-`samplers.sampling` runs over `shifted_times(steps)`; a small wrapper turns the network's
+`samplers.sampling` runs over the schedule `shifted_times(steps)` (or the one the caller gives); a small wrapper turns the network's
 average velocity into the pseudo-x0 the sampler expects, for the target time the sampler
 puts in transformer_options.
 """
@@ -14,9 +14,9 @@ import torch
 
 from ..samplers.flow_map import shifted_times
 from ..samplers.guidance import guided_denoiser
-from ..samplers.sampling import flow_map_denoiser, sample_flow_map
+from ..samplers.sampling import flow_map_denoiser, flow_map_model, sample_flow_map
 from ..samplers.start import start_point, start_uses_noise
-from .degrade import bicubic_downscale, bicubic_upscale
+from ..processing.resample import bicubic_downscale, bicubic_upscale
 from .precision import autocast
 
 START_MODE = "lr"
@@ -53,18 +53,20 @@ def soften_where(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
 def sr_model(net, cond: torch.Tensor, guidance: float = 1.0):
     """The k-diffusion model the sampler runs: guided when guidance != 1, with the positive and
     the softened negative branch in one batched forward."""
-    denoise = flow_map_denoiser(net, net.family)
     if guidance == 1.0:
-        return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
+        return flow_map_model(net, net.family, cond)
+    denoise = flow_map_denoiser(net, net.family)
 
     def branches(x, sigma, flags, **extra_args):
         seen = soften_where(x, flags)
         # the velocity of the softened state, applied at the real state: the branches differ in u
-        # alone, so the mix is guidance on u (DESIGN §3), as in ComfyUI's CFG on this model
+        # alone, so the mix is guidance on u (samplers/guidance.py), as in ComfyUI's CFG on this model
         return denoise(seen, sigma, cond.repeat(x.shape[0] // cond.shape[0], 1, 1, 1), **extra_args) + (x - seen)
 
     batch = cond.shape[0]
-    return guided_denoiser(branches, torch.zeros(batch), torch.ones(batch), guidance)
+    # the flags live beside the state: torch.where takes no CPU mask for a GPU tensor
+    flags = torch.zeros(batch, device=cond.device), torch.ones(batch, device=cond.device)
+    return guided_denoiser(branches, *flags, guidance)
 
 
 def _check(image: torch.Tensor, scale: int, steps: int) -> None:
@@ -80,15 +82,18 @@ def _check(image: torch.Tensor, scale: int, steps: int) -> None:
 
 
 @torch.no_grad()
-def sample_sr(net, cond: torch.Tensor, steps: int = 1, gamma: float = 0.0, seed: int = 0, shift: float = 1.0,
+def sample_sr(net, cond: torch.Tensor, times: torch.Tensor, gamma: float = 0.0, seed: int = 0,
               guidance: float = 1.0, callback=None) -> torch.Tensor:
     """The SR sample for `cond`, the LR image upsampled to the output size in [-1, 1]
-    ([B, 3, H, W]): the source `lr_source` draws for `seed`, chained through `steps` jumps."""
+    ([B, 3, H, W]): the source `lr_source` draws for `seed`, chained through the jumps of the
+    schedule `times` (from 1 down to 0)."""
     # the same noise as ComfyUI's prepare_noise(latent, seed), so the node and the CLI agree
     x = lr_source(cond, net.source_noise, torch.Generator().manual_seed(seed))
     extra_args = {"model_options": {}, "seed": seed}
-    return sample_flow_map(sr_model(net, cond, guidance), x, shifted_times(steps, 1.0, shift).to(cond.device),
-                           extra_args, callback, disable=True, family=net.family, gamma=gamma)
+    # float32: MPS has no float64, and the times enter the network in the state's precision anyway
+    times = times.to(device=cond.device, dtype=torch.float32)
+    return sample_flow_map(sr_model(net, cond, guidance), x, times, extra_args, callback,
+                           disable=True, family=net.family, gamma=gamma)
 
 
 @torch.no_grad()
@@ -98,9 +103,10 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
 
     Greyscale is expanded to RGB for the network and averaged back; alpha is upscaled by
     bicubic and carried through. gamma > 0 re-noises between steps (seeded by `seed`);
-    guidance w != 1 steers away from the `softened` negative branch. precision "bf16" (or
-    "auto" on a device with native bf16, models/precision.py) runs the network under bf16
-    autocast: twice as fast on such CPUs, held-out PSNR within 0.001 dB of float32.
+    guidance w != 1 steers away from the `softened` negative branch. It runs on the device of
+    `net`'s weights and returns on `image`'s. precision "bf16" / "fp16" (or "auto" where the device
+    computes one natively, models/precision.py) runs the network under that autocast: twice as fast
+    on such CPUs, held-out PSNR within 0.001 dB of float32.
     """
     _check(image, scale, steps)
     channels = image.shape[1]
@@ -109,7 +115,7 @@ def upscale(net, image: torch.Tensor, scale: int, steps: int = 1, gamma: float =
     device, dtype = (param.device, param.dtype) if param is not None else (image.device, image.dtype)
     cond = bicubic_upscale(rgb.to(device=device, dtype=dtype), scale) * 2 - 1
     with autocast(precision, device.type):
-        x = sample_sr(net, cond, steps, gamma, seed, shift, guidance)
+        x = sample_sr(net, cond, shifted_times(steps, 1.0, shift), gamma, seed, guidance)
     out = ((x.float() + 1) / 2).clamp(0, 1).to(device=image.device, dtype=image.dtype)
     if channels == 1:
         return out.mean(1, keepdim=True)

@@ -1,11 +1,12 @@
-"""ComfyUI node registry of OneStep SR: thin wrappers, the maths lives in samplers/ and models/."""
+"""ComfyUI node registry of OneStep SR: node classes only, over bridge/ (the maths lives in the core)."""
 
-from .adapter_nodes import OneStepSRLoadAdapter, OneStepSRTrainLoRA
-from .default_model_node import OneStepSRLoadModel, register_model_folder
+from ..bridge.default_model import register_model_folder
 from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
+from .loader_nodes import OneStepSRLoadAdapter, OneStepSRLoadModel
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
                              OneStepSRSchedule)
-from .upscale_node import OneStepSRUpscale
+from .training_nodes import OneStepSRTrainLoRA
+from .upscale_node import OneStepSRUpscale, OneStepSRUpscaleAdvanced
 
 register_model_folder()
 
@@ -21,7 +22,9 @@ NODE_CLASS_MAPPINGS = {
     "OneStepSR_FlowMapSampler": OneStepSRFlowMapSampler,
     "OneStepSR_ConsistencySampler": OneStepSRConsistencySampler,
     "OneStepSR_Guider": OneStepSRGuider,
-    "OneStepSR_Upscale": OneStepSRUpscale,
+    # the id saved workflows hold for the one-click node is its advanced form, which gives what it always gave
+    "OneStepSR_Upscale": OneStepSRUpscaleAdvanced,
+    "OneStepSR_UpscaleSimple": OneStepSRUpscale,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -36,5 +39,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_FlowMapSampler": "OneStep SR Flow Map Sampler",
     "OneStepSR_ConsistencySampler": "OneStep SR Consistency Sampler",
     "OneStepSR_Guider": "OneStep SR Flow Map Guider",
-    "OneStepSR_Upscale": "OneStep SR Upscale",
+    "OneStepSR_Upscale": "OneStep SR Upscale (advanced)",
+    "OneStepSR_UpscaleSimple": "OneStep SR Upscale",
 }

@@ -1,93 +1,13 @@
-"""Pixel <-> latent nodes for SR: encode the upscaled LR image, decode and crop back, prompts."""
+"""Pixel <-> latent nodes for SR: encode the upscaled LR image, decode and crop back, colour fix, prompts."""
 
 from __future__ import annotations
 
-import dataclasses
-
-import comfy.utils
-import node_helpers
-import torch
-
-from ..processing import (bchw_to_bhwc, bhwc_to_bchw, check_image, colour_correct,
-                          finish_image, prepare_image, split_alpha)
-from ..samplers import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
-from .comfy_glue import empty_conditioning
-from .inputs import COLOUR_METHOD, SCALE_BY, UPSCALE_METHOD, VAE_TILE_SIZE
+from ..bridge.latents import colour_fix_image, decode_sr, encode_lr, target_size, with_lr_reference
+from ..bridge.sampling import empty_conditioning
+from ..bridge.widgets import (COLOUR_METHOD, NEGATIVE_PROMPT, POSITIVE_PROMPT, SCALE_BY, UPSCALE_METHOD,
+                              VAE_TILE_SIZE)
 
 CATEGORY = "OneStep SR"
-SIZE_KEY = "onestep_sr_size"  # the PreparedImage (sans pixels) decode needs to undo the padding
-
-
-def target_size(image: torch.Tensor, scale_by: float, width: int, height: int) -> tuple[int, int]:
-    """(width, height) of the SR output: explicit when width/height > 0, else scale_by x the input."""
-    if scale_by <= 0:
-        raise ValueError(f"scale_by must be positive, got {scale_by}")
-    in_h, in_w = image.shape[1:3]
-    return (width or max(1, round(in_w * scale_by)), height or max(1, round(in_h * scale_by)))
-
-
-def vae_stride(vae) -> int:
-    ratio = vae.downscale_ratio
-    if not isinstance(ratio, int):
-        raise ValueError("OneStep SR needs an image VAE (one whose downscale ratio is a whole number); "
-                         "video VAEs are not supported")
-    return ratio
-
-
-def encode_lr(vae, image: torch.Tensor, width: int, height: int, method: str = "bicubic",
-              vae_tile: int = 1024) -> dict:
-    """LATENT of the LR image upscaled to width x height, padded to the VAE's stride.
-
-    The unpadded size and the upscaled alpha travel in the LATENT so `decode_sr` can undo both.
-    """
-    check_image(image, "image")
-    upscaled = bchw_to_bhwc(comfy.utils.common_upscale(bhwc_to_bchw(image), width, height, method, "disabled"))
-    stride = vae_stride(vae)
-    prepared = prepare_image(upscaled.clamp(0, 1), multiple=stride, min_side=2 * stride,
-                             name="image (after upscaling to the target size)")
-    pixels = bchw_to_bhwc(prepared.pixels)
-    if vae_tile and max(pixels.shape[1:3]) > vae_tile:
-        samples = vae.encode_tiled(pixels, tile_x=vae_tile, tile_y=vae_tile, overlap=64)
-    else:
-        samples = vae.encode(pixels)
-    return {"samples": samples, SIZE_KEY: dataclasses.replace(prepared, pixels=None)}
-
-
-def decode_sr(vae, latent: dict, vae_tile: int = 1024) -> torch.Tensor:
-    """IMAGE from an SR LATENT, with the padding cropped off and the alpha re-attached."""
-    samples = latent["samples"]
-    stride = vae_stride(vae)
-    if vae_tile and max(samples.shape[-2:]) * stride > vae_tile:
-        tile = max(vae_tile // stride, 8)
-        pixels = vae.decode_tiled(samples, tile_x=tile, tile_y=tile, overlap=max(64 // stride, 1))
-    else:
-        pixels = vae.decode(samples)
-    if pixels.ndim == 5:  # VAEs that decode a time axis
-        pixels = pixels.reshape(-1, *pixels.shape[-3:])
-    prepared = latent.get(SIZE_KEY)
-    if prepared is None:
-        return pixels
-    return finish_image(bhwc_to_bchw(pixels), prepared, scale=1)
-
-
-def colour_fix_image(image: torch.Tensor, reference: torch.Tensor, method: str) -> torch.Tensor:
-    """IMAGE `image` with the colours of IMAGE `reference` (any size, same aspect); alpha kept."""
-    if method == "none":
-        return image
-    check_image(reference, "reference")
-    colour, alpha = split_alpha(image)
-    reference_colour, _ = split_alpha(reference)
-    if reference_colour.shape[-1] != colour.shape[-1]:
-        reference_colour = reference_colour.expand(*reference_colour.shape[:-1], colour.shape[-1])
-    fixed = bchw_to_bhwc(colour_correct(bhwc_to_bchw(colour), bhwc_to_bchw(reference_colour), method))
-    return fixed if alpha is None else torch.cat([fixed, alpha], dim=-1)
-
-
-def with_lr_reference(conditioning, latent: dict):
-    """Conditioning with the LR latent appended as reference latent (condition tokens), the way
-    ComfyUI's ReferenceLatent node feeds models that read them (FLUX Kontext, Qwen-Image edit)."""
-    return node_helpers.conditioning_set_values(conditioning, {"reference_latents": [latent["samples"]]},
-                                                append=True)
 
 
 class OneStepSRConditioning:
@@ -175,10 +95,8 @@ class OneStepSRPrompts:
     def INPUT_TYPES(cls):
         return {"required": {
             "clip": ("CLIP", {"tooltip": "The text encoder of the diffusion model."}),
-            "positive": ("STRING", {"multiline": True, "default": DEFAULT_POSITIVE_PROMPT,
-                                    "tooltip": "What a good HR image looks like."}),
-            "negative": ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE_PROMPT,
-                                    "tooltip": "What SR should steer away from."}),
+            "positive": POSITIVE_PROMPT,
+            "negative": NEGATIVE_PROMPT,
         }}
 
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .resample import antialiased_bicubic
+
 COLOUR_METHODS = ("wavelet", "adain", "lab", "none")
 WAVELET_LEVELS = 5
 # Relative difference of the two scale factors (height, width) tolerated between output and reference.
@@ -50,8 +52,9 @@ def resize_to(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Bicubic resize of [B, C, H, W] (antialiased when shrinking)."""
     if image.shape[-2:] == (height, width):
         return image
-    shrinking = height < image.shape[-2] or width < image.shape[-1]
-    return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False, antialias=shrinking)
+    if height < image.shape[-2] or width < image.shape[-1]:
+        return antialiased_bicubic(image, (height, width))
+    return F.interpolate(image, size=(height, width), mode="bicubic", align_corners=False)
 
 
 def wavelet_blur(image: torch.Tensor, dilation: int) -> torch.Tensor:

@@ -38,6 +38,18 @@ def check_image(image, name: str = "image") -> None:
             f"channels, got shape {tuple(image.shape)}; connect an IMAGE output (not a MASK or LATENT)")
     if not image.is_floating_point():
         raise ValueError(f"{name} must be float in [0, 1], got dtype {image.dtype}; convert it with .float() / 255")
+    if image.numel() == 0:
+        raise ValueError(f"{name} is empty ({image.shape[2]}x{image.shape[1]} px, batch {image.shape[0]}); connect an "
+                         "image with pixels")
+    check_finite(image, name, "fix or replace the node that made it")
+
+
+def check_finite(tensor: torch.Tensor, name: str, fix: str) -> None:
+    """Raise a clear error, naming `name` and `fix`, when `tensor` holds NaN or infinite values (one
+    would spread over the whole output)."""
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise ValueError(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; {fix}")
 
 
 def check_min_size(image_bhwc: torch.Tensor, min_side: int = DEFAULT_MIN_SIDE, name: str = "image") -> None:

@@ -22,8 +22,9 @@ from typing import Callable
 
 import torch
 
+from .overlap import MIN_OVERLAP_PX, default_overlap, min_tile as smallest_tile  # noqa: F401 (the tiling API)
+
 BLEND_MODES = ("cosine", "gaussian")
-MIN_OVERLAP_PX = 64
 # Assumed available RAM when psutil is missing: small enough to be safe on any machine.
 CPU_FALLBACK_FREE_BYTES = 2 * 1024 ** 3
 
@@ -32,11 +33,6 @@ logger = logging.getLogger(__name__)
 
 class TileOutOfMemoryError(RuntimeError):
     """Out of memory even with the smallest tile allowed."""
-
-
-def default_overlap(scale: int, unit_px: int = 1) -> int:
-    """Overlap in input cells giving at least MIN_OVERLAP_PX output pixels."""
-    return math.ceil(MIN_OVERLAP_PX / (scale * unit_px))
 
 
 def tile_starts(size: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
@@ -63,7 +59,11 @@ def balanced_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
         return size
     count = len(tile_starts(size, tile, overlap, multiple))
     side = max(math.ceil((size + (count - 1) * overlap) / count), overlap + multiple)
-    return min(tile, math.ceil(side / multiple) * multiple)
+    side = min(tile, math.ceil(side / multiple) * multiple)
+    # starts round down to the multiple, which can cost a tile more at this side: grow it back
+    while side < tile and len(tile_starts(size, side, overlap, multiple)) > count:
+        side += multiple
+    return side
 
 
 def ramp(length: int, blend: str) -> torch.Tensor:
@@ -127,15 +127,40 @@ def free_memory(device) -> int:
     return psutil.virtual_memory().available
 
 
-def auto_tile_size(bytes_per_pixel: float, device="cpu", *, fraction: float = 0.5, multiple: int = 8,
-                   min_tile: int = 64, max_tile: int = 2048) -> int:
+class OutputTooLargeError(ValueError):
+    """An output that cannot fit in free memory, refused before it is made."""
+
+
+# Full-size float32 copies of the output an upscale holds at its peak (the enlarged input, the sample,
+# the blended or decoded result, the clamped image): a lower bound, so only outputs that cannot fit
+# are refused, before the first of them is allocated.
+FULL_SIZE_COPIES = 4
+
+
+def check_output_fits(batch: int, height: int, width: int, channels: int, what: str, fix: str,
+                      device="cpu") -> None:
+    """Raise OutputTooLargeError, naming `what` (e.g. "scale_by 16"), the memory needed and `fix`, when
+    FULL_SIZE_COPIES float32 copies of a [batch, channels >= 3, height, width] output exceed the free
+    memory on `device`."""
+    needed = FULL_SIZE_COPIES * 4 * batch * height * width * max(channels, 3)
+    free = free_memory(device)
+    if needed > free:
+        images = f" (batch {batch})" if batch > 1 else ""
+        raise OutputTooLargeError(f"{what} makes a {width}x{height} output{images}, which needs at least "
+                                  f"{needed / 1e6:,.0f} MB of memory; {free / 1e6:,.0f} MB is free: {fix}")
+
+
+def auto_tile_size(bytes_per_pixel: float, device="cpu", *, free_bytes: int | None = None, fraction: float = 0.5,
+                   multiple: int = 8, min_tile: int = 64, max_tile: int = 2048) -> int:
     """Largest square tile side (input cells, a multiple of ``multiple``, clamped to
     [min_tile, max_tile]) whose working memory ``side**2 * bytes_per_pixel`` fits in ``fraction``
-    of the free memory on ``device``. ``bytes_per_pixel`` is the caller's estimate of the peak
-    bytes ``fn`` needs per input cell (batch included)."""
+    of the free memory on ``device`` (``free_bytes`` when the caller knows it better: ComfyUI's count).
+    ``bytes_per_pixel`` is the caller's estimate of the peak bytes ``fn`` needs per input cell (batch
+    included)."""
     if bytes_per_pixel <= 0:
         raise ValueError(f"bytes_per_pixel must be > 0, got {bytes_per_pixel}")
-    side = math.isqrt(int(fraction * free_memory(device) / bytes_per_pixel)) // multiple * multiple
+    free = free_memory(device) if free_bytes is None else free_bytes
+    side = math.isqrt(int(fraction * free / bytes_per_pixel)) // multiple * multiple
     return max(min_tile, min(max_tile, side))
 
 
@@ -200,7 +225,7 @@ def tiled_apply(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], sca
     if blend not in BLEND_MODES:
         raise ValueError(f"blend {blend!r} is unknown; choose one of {', '.join(BLEND_MODES)}")
     overlap = default_overlap(scale, unit_px) if overlap is None else overlap
-    min_tile = max(2 * overlap, multiple) if min_tile is None else min_tile
+    min_tile = smallest_tile(overlap, multiple) if min_tile is None else min_tile
     if overlap < 0 or min_tile <= overlap:
         raise ValueError(f"need 0 <= overlap < min_tile, got overlap={overlap}, min_tile={min_tile}; "
                          f"lower the overlap or raise min_tile")

@@ -18,9 +18,14 @@ from __future__ import annotations
 
 import torch
 
-# How each model family feeds the pair (t, s) to its network (DESIGN §2).
-FAMILIES = ("plain", "shortcut", "two_time", "dual_branch")
+# How each model family feeds the pair (t, s) to its network (`time_inputs`).
+FAMILIES = ("plain", "shortcut", "two_time")
 PARAMETRIZATIONS = ("flow", "ve")
+
+
+def per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [B] time tensor shaped to broadcast against a [B, ...] tensor."""
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
 
 
 def jump(x: torch.Tensor, denoised: torch.Tensor, t, s) -> torch.Tensor:
@@ -38,6 +43,12 @@ def denoised_from_velocity(x: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
     return x - t * u
 
 
+def flow_map(x: torch.Tensor, u: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """X(x, t -> s) = x - (t - s) u for per-sample times t, s of shape [B], through the pseudo-x0."""
+    t, s = per_sample(t, x), per_sample(s, x)
+    return jump(x, denoised_from_velocity(x, u, t), t, s)
+
+
 def time_inputs(family: str, t: torch.Tensor, s: torch.Tensor) -> dict[str, torch.Tensor]:
     """The time arguments a network of `family` takes for the jump t -> s.
 
@@ -45,13 +56,12 @@ def time_inputs(family: str, t: torch.Tensor, s: torch.Tensor) -> dict[str, torc
                  consistency model always jumps to 0).
     shortcut:    (t, d) with step size d = t - s (Frans et al.).
     two_time:    (t, s), as Lagrangian / Eulerian / MeanFlow maps take them.
-    dual_branch: t for the noise-token branch, s for the condition-token branch (TEASR).
     """
     if family == "plain":
         return {"t": t}
     if family == "shortcut":
         return {"t": t, "d": t - s}
-    if family in ("two_time", "dual_branch"):
+    if family == "two_time":
         return {"t": t, "s": s}
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 

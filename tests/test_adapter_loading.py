@@ -1,4 +1,4 @@
-"""'Load SR Adapter' (nodes/adapter_nodes.py) on tiny native ComfyUI models, in a real ComfyUI in-process.
+"""'Load SR Adapter' (bridge/adapter_loading.py) on tiny native ComfyUI models, in a real ComfyUI in-process.
 
 Every supported format is written with known random weights, loaded through the node's function,
 run through ComfyUI's own weight patching (load_models_gpu), and compared with the same LoRA applied
@@ -9,7 +9,6 @@ equivalent; its reference is ODTSR's published layer, re-stated below.
 """
 
 import copy
-import importlib
 import json
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from safetensors.torch import save_file
 
-import tiny_models
+from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
 TOLERANCE = 1e-5
@@ -25,8 +24,8 @@ TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def node(comfy_host):
-    """nodes/adapter_nodes.py as a module of the extension package ComfyUI loaded."""
-    return importlib.import_module(f"{comfy_host.extension_module.__name__}.nodes.adapter_nodes")
+    """bridge/adapter_loading.py as a module of the extension package ComfyUI loaded."""
+    return comfy_host.module("bridge.adapter_loading")
 
 
 def randn(*shape, seed, std=0.3):
@@ -488,7 +487,7 @@ def test_only_safetensors_are_read(node, tmp_path):
         node.load_sr_adapter(tiny_models.build_model("sd2"), str(path))
     renamed = tmp_path / "pickle_in_disguise.safetensors"
     renamed.write_bytes(b"\x80\x04not a safetensors header")
-    with pytest.raises(ValueError, match="not a readable safetensors file"):
+    with pytest.raises(ValueError, match="is not a safetensors file"):
         node.load_sr_adapter(tiny_models.build_model("sd2"), str(renamed))
 
 
@@ -501,18 +500,18 @@ def test_node_lists_and_loads_adapters_from_the_loras_folder(node, comfy_host):
     save_file({"diffusion_model.input_blocks.1.1.proj_in.lora_down.weight": down,
                "diffusion_model.input_blocks.1.1.proj_in.lora_up.weight": up}, folder / name)
     comfy_host.folder_paths.filename_list_cache.clear()
-    assert name in node.OneStepSRLoadAdapter.INPUT_TYPES()["required"]["adapter_name"][0]
-    patched, vae, report = node.OneStepSRLoadAdapter().load(model, name, 1.0, "auto", "error")
+    assert name in comfy_host.extension_nodes["OneStepSR_LoadAdapter"].INPUT_TYPES()["required"]["adapter_name"][0]
+    patched, vae, report = comfy_host.extension_nodes["OneStepSR_LoadAdapter"]().load(model, name, 1.0, "auto", "error")
     assert set(patched.patches) == {"diffusion_model.input_blocks.1.1.proj_in.weight"} and name in report
 
 
 def test_projects_peft_folder_loads_on_the_default_model(node, comfy_host, tmp_path):
-    """The PEFT export of training/lora.py (keys base_model.model.unet..., alpha in adapter_config.json)."""
+    """The PEFT export of adapters/lora.py (keys base_model.model.unet..., alpha in adapter_config.json)."""
     from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
-    from onestep_sr.samplers import TARGET_KEY
-    from onestep_sr.training.lora import LoraSpec, add_lora, lora_layers, save_lora
+    from onestep_sr.samplers.sampling import TARGET_KEY
+    from onestep_sr.adapters.lora import add_lora, lora_layers, LoraSpec, save_lora
 
-    default_model = importlib.import_module(f"{comfy_host.extension_module.__name__}.nodes.default_model_node")
+    default_model = comfy_host.module("bridge.default_model")
     torch.manual_seed(0)
     net = FlowMapSRNet(width=16, blocks=2).eval()
     torch.nn.init.normal_(net.conv_out.weight, std=0.05)

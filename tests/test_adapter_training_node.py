@@ -1,4 +1,4 @@
-"""'Train SR LoRA' (nodes/adapter_nodes.py) in a real ComfyUI in-process: it trains on an IMAGE batch or a
+"""'Train SR LoRA' (bridge/training_runs.py) in a real ComfyUI in-process: it trains on an IMAGE batch or a
 folder, saves the LoRA into models/loras/ (never over an existing file unless asked), returns the MODEL
 with the LoRA and a loss plot, and an interrupted run keeps its checkpoint and resumes from it."""
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from onestep_sr.files.tensors import read_metadata
 from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
-from onestep_sr.training.checkpoint import read_metadata
 
 pytestmark = pytest.mark.host
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.host
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     package = comfy_host.extension_module.__name__
-    return {name: importlib.import_module(f"{package}.nodes.{name}") for name in ("adapter_nodes", "default_model_node")}
+    return {name: importlib.import_module(f"{package}.bridge.{name}") for name in ("training_runs", "default_model")}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def default_model(nodes, tmp_path_factory):
     torch.nn.init.normal_(net.conv_out.weight, std=0.05)
     path = tmp_path_factory.mktemp("base") / "base.safetensors"
     save_model(net, str(path))
-    return nodes["default_model_node"].load_default_model(str(path))
+    return nodes["default_model"].load_default_model(str(path))
 
 
 def settings(**overrides):
@@ -42,7 +42,7 @@ def test_trains_saves_and_returns_the_tuned_model(nodes, default_model, comfy_ho
     model, vae = default_model
     images = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():  # as ComfyUI runs nodes
-        tuned, plot, report = nodes["adapter_nodes"].train_sr_lora(model, vae, images=images, **settings())
+        tuned, plot, report = nodes["training_runs"].train_sr_lora(model, vae, images=images, **settings())
     path = comfy_host.base / "models" / "loras" / "trained_sr.safetensors"
     info = read_metadata(path)["onestep_sr_lora"]
     assert path.name in report and info["rank"] == 2 and info["recipe"]["step"] == 2
@@ -50,17 +50,39 @@ def test_trains_saves_and_returns_the_tuned_model(nodes, default_model, comfy_ho
     assert len(tuned.patches) > 0 and set(tuned.patches) <= set(model.model.state_dict())
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and 0 <= plot.min() and plot.max() <= 1
     with pytest.raises(FileExistsError, match="overwrite"):  # checked before any training
-        nodes["adapter_nodes"].train_sr_lora(model, vae, images=images, **settings())
+        nodes["training_runs"].train_sr_lora(model, vae, images=images, **settings())
 
 
-def test_interrupted_run_keeps_its_checkpoint_and_resumes(nodes, default_model, comfy_host, tmp_path):
+def test_a_model_trained_with_a_perceptual_term_trains_its_lora_without_the_perceptual_network(
+        nodes, comfy_host, tmp_path, monkeypatch):
+    """The shipped default model records objective "perceptual"; ST-LPIPS is a training extra that the users'
+    requirements.txt does not install, so the node's LoRA keeps that objective's fidelity part."""
+    net = FlowMapSRNet(width=16, blocks=2)
+    path = tmp_path / "perceptual_base.safetensors"
+    save_model(net, str(path), {"objective": "perceptual"})
+    model, vae = nodes["default_model"].load_default_model(str(path))
+    perceptual = importlib.import_module(f"{comfy_host.extension_module.__name__}.training.perceptual")
+
+    def unavailable(*args, **kwargs):
+        raise ImportError("stlpips-pytorch is not installed")
+    monkeypatch.setattr(perceptual, "perceptual_distance", unavailable)
+    images = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        nodes["training_runs"].train_sr_lora(model, vae, images=images, **settings(lora_name="from_perceptual"))
+    recipe = read_metadata(comfy_host.base / "models" / "loras" / "from_perceptual.safetensors")["onestep_sr_lora"]
+    assert recipe["recipe"]["objective_options"]["consistency"] == "trajectory_endpoint"
+
+
+def test_interrupted_run_keeps_its_checkpoint_and_resumes(nodes, default_model, comfy_host):
     import comfy.model_management
     import comfy.utils
 
     model, vae = default_model
-    for i in range(2):  # the folder input: two HR photos on disk
+    folder = comfy_host.base / "input" / "resumed_hr"
+    folder.mkdir()
+    for i in range(2):  # the folder input: two HR photos under ComfyUI's input folder
         array = (np.random.default_rng(i).random((40, 40, 3)) * 255).astype(np.uint8)
-        Image.fromarray(array).save(tmp_path / f"hr{i}.png")
+        Image.fromarray(array).save(folder / f"hr{i}.png")
 
     def interrupt_at_step_2(value, total, *args, **kwargs):
         if value == 2:
@@ -69,23 +91,23 @@ def test_interrupted_run_keeps_its_checkpoint_and_resumes(nodes, default_model, 
     comfy.utils.set_progress_bar_global_hook(interrupt_at_step_2)
     try:
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            nodes["adapter_nodes"].train_sr_lora(model, vae, folder=str(tmp_path), **settings(lora_name="resumed", steps=4))
+            nodes["training_runs"].train_sr_lora(model, vae, folder="resumed_hr", **settings(lora_name="resumed", steps=4))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         comfy.model_management.interrupt_current_processing(False)
     run = comfy_host.base / "output" / "onestep_sr_training" / "resumed"
     assert read_metadata(run / "checkpoint.safetensors")["step"] == 2
     assert not (comfy_host.base / "models" / "loras" / "resumed.safetensors").exists()
-    _, _, report = nodes["adapter_nodes"].train_sr_lora(model, vae, folder=str(tmp_path), **settings(lora_name="resumed", steps=4))
+    _, _, report = nodes["training_runs"].train_sr_lora(model, vae, folder="resumed_hr", **settings(lora_name="resumed", steps=4))
     assert "(4 steps" in report and (comfy_host.base / "models" / "loras" / "resumed.safetensors").exists()
 
 
 def test_refuses_eps_models_and_missing_images(nodes, default_model):
-    import tiny_models
+    from onestep_sr.testing import tiny_models
 
     model, vae = default_model
     with pytest.raises(ValueError, match="IMAGE batch"):
-        nodes["adapter_nodes"].train_sr_lora(model, vae, **settings(lora_name="none"))
+        nodes["training_runs"].train_sr_lora(model, vae, **settings(lora_name="none"))
     with pytest.raises(ValueError, match="ModelSamplingSD3"):  # eps models; flow models: test_native_lora_training
-        nodes["adapter_nodes"].train_sr_lora(tiny_models.build_model("sd2"), tiny_models.build_vae(4),
+        nodes["training_runs"].train_sr_lora(tiny_models.build_model("sd2"), tiny_models.build_vae(4),
                                              images=torch.rand(1, 40, 40, 3), **settings(lora_name="native"))

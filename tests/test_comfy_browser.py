@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import comfy_host as host_lib
+from onestep_sr.testing import comfy_host as host_lib
 
 pytestmark = pytest.mark.browser
 

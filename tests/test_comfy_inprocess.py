@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-import comfy_host as host_lib
-import tiny_models
+from onestep_sr.testing import comfy_host as host_lib
+from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -286,3 +286,12 @@ def test_workflow_validates_as_api_prompt(comfy_host, path):
     with comfy_host.placeholder_files(host_lib.referenced_files(prompt)):
         valid, error, _, node_errors = comfy_host.validate(prompt)
     assert valid and not node_errors, f"{path.name}: {error}\n{json.dumps(node_errors, indent=1)}"
+
+
+def test_the_readme_lists_every_node(comfy_host):
+    import re
+
+    readme = (host_lib.REPO / "README.md").read_text()
+    listed = set(re.findall(r"^\| \*\*(.+?)\*\* \|", readme, flags=re.MULTILINE))
+    names = comfy_host.nodes.NODE_DISPLAY_NAME_MAPPINGS
+    assert listed == {names[node] for node in comfy_host.extension_nodes if node in names}

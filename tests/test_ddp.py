@@ -25,8 +25,8 @@ def _digest(state_dict) -> str:
 def _worker(out: Path) -> None:
     import torch
 
-    from onestep_sr.training import TrainConfig, Trainer
-    from onestep_sr.training.toy import ToyFlowMapNet, mixture_batches
+    from onestep_sr.training.trainer import TrainConfig, Trainer
+    from onestep_sr.testing.toy import mixture_batches, ToyFlowMapNet
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -38,7 +38,7 @@ def _worker(out: Path) -> None:
                           TrainConfig(output_dir=str(out / objective), steps=4, lr=1e-2, progress=False,
                                       checkpoint_every=0))
         trainer.train()
-    line = [trainer.accelerator.num_processes, initial, _digest(trainer.unwrapped_net.state_dict()),
+    line = [trainer.accelerator.num_processes, initial, _digest(trainer.net.state_dict()),
             _digest(trainer.ema_net.state_dict())]
     (out / f"rank{trainer.accelerator.process_index}.txt").write_text(" ".join(map(str, line)))
 
@@ -64,7 +64,7 @@ def test_two_processes_end_with_identical_trained_weights(tmp_path):
     assert lines[0][2] == lines[1][2] and lines[0][3] == lines[1][3]  # ...and ended identical
     assert lines[0][2] not in initial  # and trained
     # The checkpoint (main process only) holds the same weights.
-    from onestep_sr.training import load_tensors
+    from onestep_sr.files.tensors import load_tensors
     tensors, meta = load_tensors(tmp_path / "shortcut" / "checkpoint.safetensors")
     assert meta["step"] == 4
     assert _digest({k[4:]: v for k, v in tensors.items() if k.startswith("net.")}) == lines[0][2]

@@ -2,16 +2,15 @@
 pixel tiling in ComfyUI equal to the pure pipeline."""
 
 import math
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 from onestep_sr.models.flow_map_sr import load_model
-from onestep_sr.models.photos import held_out_image
 from onestep_sr.models.pipeline import upscale
-from onestep_sr.processing import tiled_apply
+from onestep_sr.processing.tiling import tiled_apply
+from onestep_sr.training.photos import held_out_image
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "onestep_sr_default.safetensors"
 
@@ -43,9 +42,8 @@ def test_tiled_1024_output_is_seamless(net, lr_256):
 
 @pytest.mark.host
 def test_one_click_node_tiles_the_default_model_like_the_pipeline(comfy_host, lr_256, net):
-    nodes_package = comfy_host.extension_nodes["OneStepSR_Upscale"].__module__.rsplit(".nodes.", 1)[0]
-    load_default_model = sys.modules[f"{nodes_package}.nodes.default_model_node"].load_default_model
-    node_upscale = sys.modules[f"{nodes_package}.nodes.upscale_node"].upscale
+    load_default_model = comfy_host.module("bridge.default_model").load_default_model
+    node_upscale = comfy_host.module("bridge.upscale").upscale
     model, vae = load_default_model(str(WEIGHTS))
     image = lr_256[:, :, :128, :160].permute(0, 2, 3, 1)
 

@@ -1,16 +1,16 @@
-"""Adversarial LoRA training pieces (training/adversarial.py, training/lora.py) on known answers."""
+"""Adversarial LoRA training pieces (training/adversarial.py, adapters/lora.py) on known answers."""
 
 import copy
 
 import pytest
 import torch
 
+from onestep_sr.adapters.lora import adapters_disabled, add_lora, lora_layers, LoraSpec, set_strength
 from onestep_sr.models.flow_map_sr import FlowMapSRNet
 from onestep_sr.samplers.flow_map import denoised_from_velocity, jump
-from onestep_sr.training.adversarial import (AdversarialLoRA, AdversarialLoRATrainer, FeatureDiscriminator,
-                                             PatchDiscriminator, discriminator_loss, frozen, generator_loss,
-                                             r1_penalty)
-from onestep_sr.training.lora import LoraSpec, add_lora, adapters_disabled, lora_layers, set_strength
+from onestep_sr.training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
+from onestep_sr.training.discriminators import (FeatureDiscriminator, PatchDiscriminator, discriminator_loss, frozen,
+                                                generator_loss, r1_penalty)
 from onestep_sr.training.trainer import TrainConfig
 
 SIZE = 32
@@ -137,8 +137,8 @@ def test_training_resumes_exactly(tmp_path, discriminator):
     straight.train()
     trainer(1, tmp_path / "resumed").train()
     resumed = trainer(2, tmp_path / "resumed")
-    assert resumed.trainer.step == 1
+    assert resumed.step == 1
     resumed.train()
-    for ours, theirs in zip(resumed.trainer.net.state_dict().values(), straight.trainer.net.state_dict().values()):
+    for ours, theirs in zip(resumed.net.state_dict().values(), straight.net.state_dict().values()):
         torch.testing.assert_close(ours, theirs)
-    assert straight.trainer.losses == pytest.approx(resumed.trainer.losses)
+    assert straight.losses == pytest.approx(resumed.losses)

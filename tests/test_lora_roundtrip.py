@@ -1,4 +1,4 @@
-"""A LoRA trained and written by the project (training/adversarial.py + training/lora.py) gives, through
+"""A LoRA trained and written by the project (training/adversarial.py + adapters/lora.py) gives, through
 ComfyUI's stock 'LoraLoaderModelOnly' on the MODEL of 'Load OneStep SR Model', the outputs the
 network had in training; its PEFT folder loads with peft's own PeftModel; files never overwrite."""
 
@@ -8,12 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from onestep_sr.adapters.lora import add_lora, load_lora, lora_layers, LoraSpec, read_lora, save_lora, set_strength
+from onestep_sr.files.tensors import load_tensors
 from onestep_sr.models.flow_map_sr import FlowMapSRNet, save_model
-from onestep_sr.samplers import TARGET_KEY
+from onestep_sr.samplers.sampling import TARGET_KEY
 from onestep_sr.training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
-from onestep_sr.training.checkpoint import load_tensors
-from onestep_sr.training.lora import (LoraSpec, add_lora, load_lora, lora_layers, read_lora, save_lora,
-                                      set_strength)
 from onestep_sr.training.trainer import TrainConfig
 
 SIZE = 32
@@ -91,7 +90,7 @@ def test_comfy_stock_lora_loader_reproduces_training_outputs(comfy_host, trained
 
     comfy.model_management.load_models_gpu([patched])
     diffusion_model = patched.model.diffusion_model
-    reference = trainer.trainer.ema_net.generator
+    reference = trainer.ema_net.generator
     set_strength(reference, strength)
     torch.manual_seed(1)
     x, cond = torch.randn(2, 3, SIZE, SIZE), torch.randn(2, 3, SIZE, SIZE)
@@ -112,7 +111,7 @@ def test_peft_folder_and_comfy_file_reload_the_same_network(trained, tmp_path):
     from peft import PeftModel
 
     base, trainer = trained
-    reference = trainer.trainer.ema_net.generator
+    reference = trainer.ema_net.generator
     comfy_file = trainer.export(tmp_path / "a.safetensors")
     peft_dir = trainer.export(tmp_path / "a_peft", file_format="peft")
     torch.manual_seed(2)
@@ -147,19 +146,19 @@ def test_files_are_never_overwritten_and_bad_specs_are_named(trained, tmp_path):
 
 def test_checkpoints_hold_the_run_not_the_frozen_base(trained):
     base, trainer = trained
-    tensors, meta = load_tensors(trainer.trainer.checkpoint_path)
-    frozen = {name for name, p in trainer.trainer.net.named_parameters() if not p.requires_grad}
+    tensors, meta = load_tensors(trainer.checkpoint_path)
+    frozen = {name for name, p in trainer.net.named_parameters() if not p.requires_grad}
     assert frozen and not any(key.split(".", 1)[1] in frozen for key in tensors if key.startswith(("net.", "ema.")))
     assert any("lora_A" in key for key in tensors) and any(key.startswith("net.discriminator.") for key in tensors)
 
     resumed = AdversarialLoRATrainer(  # resumes on a fresh copy of the base: the adapter comes back, the base stays
         copy.deepcopy(base), trainer.spec, AdversarialLoRA(), sr_batches,
-        dataclasses.replace(trainer.trainer.config, progress=False), probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2,
+        dataclasses.replace(trainer.config, progress=False), probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2,
         discriminator="patch")
-    assert resumed.trainer.step == meta["step"] == 3
-    state = resumed.trainer.net.state_dict()
-    assert all(torch.equal(state[key], value) for key, value in trainer.trainer.net.state_dict().items())
+    assert resumed.step == meta["step"] == 3
+    state = resumed.net.state_dict()
+    assert all(torch.equal(state[key], value) for key, value in trainer.net.state_dict().items())
     with pytest.raises(ValueError, match="does not fit"):
         AdversarialLoRATrainer(copy.deepcopy(base), LoraSpec(rank=4, alpha=2.0, target_modules=("conv1",)),
-                               AdversarialLoRA(), sr_batches, trainer.trainer.config,
+                               AdversarialLoRA(), sr_batches, trainer.config,
                                probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2, discriminator="patch")

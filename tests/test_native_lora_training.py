@@ -1,4 +1,4 @@
-"""'Train SR LoRA' on native ComfyUI flow models (nodes/native_training.py) in a real ComfyUI in-process: tiny
+"""'Train SR LoRA' on native ComfyUI flow models (bridge/native_training.py) in a real ComfyUI in-process: tiny
 FLUX, SD3 and SD2 patched to flow sampling train a LoRA in their own diffusion model, which is unchanged
 afterwards; the file holds only keys ComfyUI's stock loader maps, and the MODEL returned (stock loader)
 gives the trained generator's outputs. eps models and text models without a prompt are refused clearly."""
@@ -8,7 +8,7 @@ import importlib
 import pytest
 import torch
 
-import tiny_models
+from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -18,7 +18,7 @@ LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 @pytest.fixture(scope="module")
 def nodes(comfy_host):
     package = comfy_host.extension_module.__name__
-    return {name: importlib.import_module(f"{package}.nodes.{name}") for name in ("adapter_nodes", "native_training")}
+    return {name: importlib.import_module(f"{package}.bridge.{name}") for name in ("training_runs", "native_training")}
 
 
 def flow_model(family):
@@ -80,7 +80,7 @@ def test_trains_a_lora_the_stock_loader_applies_and_leaves_the_model_unchanged(f
     name = f"native_{family}"
     images = torch.rand(2, 72, 80, 3, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        tuned, plot, report = nodes["adapter_nodes"].train_sr_lora(model, vae, images=images, positive=positive,
+        tuned, plot, report = nodes["training_runs"].train_sr_lora(model, vae, images=images, positive=positive,
                                                                     **settings(lora_name=name))
 
     # the MODEL is unchanged: LoRA removed, base weights frozen, module tree and flags restored
@@ -105,20 +105,20 @@ def test_trains_a_lora_the_stock_loader_applies_and_leaves_the_model_unchanged(f
 
 def test_eps_model_without_flow_patch_is_refused(nodes):
     with pytest.raises(ValueError, match="ModelSamplingSD3"):
-        nodes["adapter_nodes"].train_sr_lora(tiny_models.build_model("sd2"), tiny_models.build_vae(4),
+        nodes["training_runs"].train_sr_lora(tiny_models.build_model("sd2"), tiny_models.build_vae(4),
                                              images=torch.rand(1, 72, 72, 3), positive=tiny_models.conditioning("sd2"),
                                              **settings(lora_name="eps"))
 
 
 def test_text_model_without_positive_is_refused(nodes, comfy_host):
     with pytest.raises(ValueError, match="'positive'"):
-        nodes["adapter_nodes"].train_sr_lora(flow_model("flux"), tiny_models.build_vae(16),
+        nodes["training_runs"].train_sr_lora(flow_model("flux"), tiny_models.build_vae(16),
                                              images=torch.rand(1, 72, 72, 3), **settings(lora_name="no_prompt"))
     assert not (comfy_host.base / "models" / "loras" / "no_prompt.safetensors").exists()
 
 
 def test_remove_lora_restores_the_module_tree_and_flags(nodes):
-    from onestep_sr.training.lora import NATIVE_TARGETS, LoraSpec, add_lora, lora_layers, remove_lora
+    from onestep_sr.adapters.lora import add_lora, lora_layers, LoraSpec, NATIVE_TARGETS, remove_lora
 
     diffusion_model = tiny_models.build_model("sd2").model.diffusion_model
     diffusion_model.time_embed.requires_grad_(False)  # mixed flags, as a partly frozen model has

@@ -1,18 +1,17 @@
 """The extension's nodes on native ComfyUI models, in a real ComfyUI imported in-process.
 
 Tiny randomly initialised FLUX, SD3 and SD2 (eps and v) models built from ComfyUI's own classes
-(tests/tiny_models.py) run through SamplerCustomAdvanced with the extension's SAMPLER, SIGMAS,
+(testing/tiny_models.py) run through SamplerCustomAdvanced with the extension's SAMPLER, SIGMAS,
 GUIDER and conditioning nodes, and through the one-click node; the two must agree exactly.
 Network calls are counted and their inputs recorded through ComfyUI's own model wrapper hook.
 """
 
 import math
-import sys
 
 import pytest
 import torch
 
-import tiny_models
+from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -28,11 +27,8 @@ def start_for(family):
 
 @pytest.fixture(scope="module")
 def ext(comfy_host):
-    """The extension's node modules as ComfyUI loaded them."""
-    upscale_cls = comfy_host.extension_nodes["OneStepSR_Upscale"]
-    package = upscale_cls.__module__.rsplit(".nodes.", 1)[0]
-    return {name: sys.modules[f"{package}.nodes.{name}"]
-            for name in ("upscale_node", "sampling_nodes", "image_nodes", "comfy_glue", "default_model_node")}
+    """The extension's bridge modules as ComfyUI loaded them."""
+    return {name: comfy_host.module(f"bridge.{name}") for name in ("upscale", "sampling", "latents", "default_model")}
 
 
 def lr_image(seed=0, height=LR_H, width=LR_W, channels=3):
@@ -66,7 +62,7 @@ def one_click(ext, model, kind, image=None, steps=1, guidance=1.0, seed=0, **ove
                 start_mode=start_mode, t_start=t_start, shift=1.0, gamma=0.0, bridge_scale=1.0, guidance=guidance,
                 seed=seed, positive=tiny_models.conditioning(kind), negative=tiny_models.conditioning(kind, seed=1))
     args.update(overrides)
-    return ext["upscale_node"].upscale(**args)
+    return ext["upscale"].upscale(**args)
 
 
 def graph_prompt(comfy_host, family, steps, guidance, seed=0):
@@ -123,7 +119,7 @@ def test_lr_start_feeds_the_lr_latent_unnoised(ext, family):
     image = lr_image()
     one_click(ext, model, family, image, steps=1)
     vae = tiny_models.build_vae(tiny_models.FAMILIES[family]["latent_channels"])
-    latent = ext["image_nodes"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"]
+    latent = ext["latents"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"]
     expected = model.model.process_latent_in(latent)
     assert log.calls[0]["sigma"] == 1.0
     assert torch.allclose(log.calls[0]["x"], expected, atol=1e-5)
@@ -135,7 +131,7 @@ def test_noised_lr_start_on_an_eps_model_is_comfyuis_img2img_point(ext):
     one_click(ext, model, "sd2", image, steps=1, seed=3)
     vae = tiny_models.build_vae(4)
     import comfy.sample
-    latent = model.model.process_latent_in(ext["image_nodes"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"])
+    latent = model.model.process_latent_in(ext["latents"].encode_lr(vae, image, SCALE * LR_W, SCALE * LR_H)["samples"])
     sigma = log.calls[0]["sigma"]
     noise = comfy.sample.prepare_noise(latent, 3)
     # ComfyUI's eps scaling: x = latent + sigma * noise, then the model sees it through calculate_input
@@ -163,17 +159,17 @@ def test_guidance_scale_one_equals_positive_only_and_zero_equals_negative(ext):
 
 def test_guidance_interval_switches_guidance_off_outside(ext):
     model, log = logged_model("sd3")
-    guider = ext["sampling_nodes"].flow_map_guider(model, tiny_models.conditioning("sd3"),
+    guider = ext["sampling"].flow_map_guider(model, tiny_models.conditioning("sd3"),
                                                    tiny_models.conditioning("sd3", seed=1), 3.0, t_lo=0.0, t_hi=0.5)
-    sampler = ext["comfy_glue"].ksampler(ext["sampling_nodes"].sample_flow_map, "lr", gamma=0.0)
-    sigmas = ext["sampling_nodes"].flow_map_sigmas(model, 4, 1.0, 1.0)  # 1, .75, .5, .25, 0
+    sampler = ext["sampling"].flow_map_sampler("lr", gamma=0.0)
+    sigmas = ext["sampling"].flow_map_sigmas(model, 4, 1.0, 1.0)  # 1, .75, .5, .25, 0
     latent = torch.randn(1, 16, 4, 4)
     guider.sample(torch.zeros_like(latent), latent, sampler, sigmas, seed=0)
     assert [call["batch"] for call in log.calls] == [1, 1, 2, 2]
 
 
 def test_sigmas_follow_the_model(comfy_host, ext):
-    schedule = ext["sampling_nodes"].flow_map_sigmas
+    schedule = ext["sampling"].flow_map_sigmas
     flow = schedule(tiny_models.build_model("sd3"), 4, 1.0, 1.0)
     assert torch.allclose(flow, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
     eps_model = tiny_models.build_model("sd2")
@@ -186,9 +182,9 @@ def test_decode_crops_to_the_exact_size_and_keeps_alpha(ext):
     vae = tiny_models.build_vae(16)
     image = lr_image(channels=4)
     image[..., 3] = 0.25
-    latent = ext["image_nodes"].encode_lr(vae, image, 3 * LR_W, 3 * LR_H)
+    latent = ext["latents"].encode_lr(vae, image, 3 * LR_W, 3 * LR_H)
     assert latent["samples"].shape[-2:] == (-(-3 * LR_H // 8), -(-3 * LR_W // 8))
-    out = ext["image_nodes"].decode_sr(vae, latent)
+    out = ext["latents"].decode_sr(vae, latent)
     assert out.shape == (1, 3 * LR_H, 3 * LR_W, 4)
     assert torch.allclose(out[..., 3], torch.full_like(out[..., 3], 0.25), atol=1e-3)
 
@@ -289,7 +285,7 @@ def _random_default_model(tmp_path, **config):
 
 
 def _one_click(ext, model, vae, image, guidance=1.0, steps=2):
-    return ext["upscale_node"].upscale(model=model, vae=vae, image=image, scale_by=4.0, steps=steps, family="auto",
+    return ext["upscale"].upscale(model=model, vae=vae, image=image, scale_by=4.0, steps=steps, family="auto",
                                        start_mode="lr", t_start=1.0, shift=1.0, gamma=0.0, bridge_scale=1.0,
                                        guidance=guidance, seed=0)
 
@@ -303,7 +299,7 @@ def test_default_model_node_equals_the_pure_pipeline(ext, tmp_path, guidance, co
     from onestep_sr.models.pipeline import upscale
 
     net, path = _random_default_model(tmp_path, condition=condition, source_noise=source_noise)
-    model, vae = ext["default_model_node"].load_default_model(path)
+    model, vae = ext["default_model"].load_default_model(path)
     log = None
     if route != "as loaded":  # any sampling hook sends the node through ComfyUI's sampler
         model, log = model.clone(), CallLog()
@@ -327,7 +323,7 @@ def test_unhooked_default_model_skips_comfyuis_sampler_and_keeps_its_lora(ext, t
     import comfy.samplers
 
     _, path = _random_default_model(tmp_path)
-    model, vae = ext["default_model_node"].load_default_model(path)
+    model, vae = ext["default_model"].load_default_model(path)
     patched = model.clone()
     key = "diffusion_model.net.conv_out.weight"
     assert patched.add_patches({key: (torch.randn_like(patched.model.state_dict()[key]) * 0.1,)}, 1.0) == [key]
@@ -345,3 +341,120 @@ def test_unhooked_default_model_skips_comfyuis_sampler_and_keeps_its_lora(ext, t
     assert (direct - through_comfy).abs().max() <= 1e-5
     assert (direct - base).abs().max() > 1e-3
     assert torch.equal(_one_click(ext, model, vae, image, steps=1), base)
+
+
+def test_default_model_is_built_from_comfyuis_operations(ext, tmp_path):
+    """Every convolution and linear layer of the loaded default model is one of ComfyUI's operations, so
+    manual casting reaches them: built from comfy.ops.manual_cast with bf16 weights, it computes in the
+    input's float32 and lands within bf16's rounding of the float32 network."""
+    import comfy.ops
+
+    net, path = _random_default_model(tmp_path)
+    model, _ = ext["default_model"].load_default_model(path)
+    layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert layers and all(isinstance(m, comfy.ops.CastWeightBiasOp) for m in layers)
+
+    cast = ext["default_model"].FlowMapSRDiffusionModel(net.config, operations=comfy.ops.manual_cast,
+                                                        dtype=torch.bfloat16)
+    cast.net.load_state_dict(net.state_dict())
+    assert cast.net.conv_in.weight.dtype == torch.bfloat16
+    x, t = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.7])
+    with torch.no_grad():
+        out, reference = cast(x, t), net(x, t, t, None)
+    assert out.dtype == torch.float32
+    assert 0 < (out - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+class InputDtypes:
+    """A forward pre-hook recording the dtype of every input a layer computes on."""
+
+    def __init__(self, layer):
+        self.seen = set()
+        layer.register_forward_pre_hook(lambda _, args: self.seen.add(args[0].dtype))
+
+
+# (ComfyUI's flag, the weight dtype it asks for, the largest |difference| from float32 its rounding allows:
+# fp16 keeps 11 significant bits, bf16 8)
+WEIGHT_FLAGS = [("fp16_unet", torch.float16, 0.01), ("bf16_unet", torch.bfloat16, 0.05)]
+
+
+@pytest.mark.parametrize("flag, weight_dtype, bound", WEIGHT_FLAGS)
+@pytest.mark.parametrize("route", ["as loaded", "through ComfyUI's sampler"])
+def test_default_model_takes_comfyuis_weight_dtype_and_manual_cast(ext, tmp_path, monkeypatch, flag, weight_dtype,
+                                                                  bound, route):
+    """--fp16-unet / --bf16-unet give the default model half-precision weights, as they give native models; on a
+    CPU, which ComfyUI does not let compute in them, it manual-casts them to float32 layer by layer."""
+    import comfy.cli_args
+    from onestep_sr.models.pipeline import upscale
+
+    monkeypatch.setattr(comfy.cli_args.args, flag, True)
+    net, path = _random_default_model(tmp_path)
+    model, vae = ext["default_model"].load_default_model(path)
+    layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert {m.weight.dtype for m in layers} == {weight_dtype}
+    assert model.model.manual_cast_dtype == torch.float32
+    if route != "as loaded":
+        model = model.clone()
+        model.set_model_unet_function_wrapper(CallLog())
+    inputs = InputDtypes(model.model.diffusion_model.net.conv_in)
+    image = lr_image(5)
+    out = _one_click(ext, model, vae, image)
+    reference = upscale(net, image.permute(0, 3, 1, 2), 4, steps=2).permute(0, 2, 3, 1)
+    assert inputs.seen == {torch.float32} and out.dtype == torch.float32
+    assert 0 < (out - reference).abs().max() < bound  # the rounded weights, computed in float32
+
+
+def test_default_model_runs_offloaded_layer_by_layer_under_lowvram(ext, monkeypatch):
+    """ComfyUI's --novram (the extreme of --lowvram) keeps every weight on the offload device and casts it in
+    per layer, weight patches (a LoRA: the realism adapter) applied on the fly: the same upscale as a full
+    load. This host has no GPU, so the test makes ComfyUI take the CPU for one."""
+    import comfy.model_management
+
+    shipped = ext["default_model"].REALISM_ADAPTER.replace("loras/onestep_sr_realism", "onestep_sr_default")
+    model, vae = ext["default_model"].load_default_model(shipped)
+    model = ext["default_model"].with_realism(model, 0.5)
+    image = lr_image(6, 24, 24)
+    full = _one_click(ext, model, vae, image, steps=1)
+    comfy.model_management.unload_all_models()
+    monkeypatch.setattr(comfy.model_management, "vram_state", comfy.model_management.VRAMState.NO_VRAM)
+    monkeypatch.setattr(comfy.model_management, "is_device_cpu", lambda device: False)
+    try:
+        offloaded = _one_click(ext, model, vae, image, steps=1)
+        layers = [m for m in model.model.diffusion_model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert model.model.model_lowvram and all(m.comfy_cast_weights for m in layers)
+    finally:
+        monkeypatch.undo()
+        comfy.model_management.unload_all_models()
+    assert (offloaded - full).abs().max() <= 1e-6
+
+
+def test_automatic_tiles_come_from_comfyuis_memory_management(ext, tmp_path, monkeypatch):
+    """The tile side is sqrt(half the free memory ComfyUI reports / the model's own estimate per latent
+    cell), in multiples of 8: 1000 bytes a cell and 2 * 1000 * 200^2 bytes free give tiles of 200 cells."""
+    import comfy.model_management
+
+    _, path = _random_default_model(tmp_path)
+    model, _ = ext["default_model"].load_default_model(path)
+    monkeypatch.setattr(model.model, "memory_required", lambda shape: 1000 * shape[-1] * shape[-2])
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda *_, **__: 2 * 1000 * 200 ** 2)
+    assert ext["upscale"].auto_latent_tile(model, torch.zeros(1, 3, 512, 512)) == 200
+    monkeypatch.setattr(comfy.model_management, "get_free_memory", lambda *_, **__: 2 * 1000 * 205 ** 2)
+    assert ext["upscale"].auto_latent_tile(model, torch.zeros(1, 3, 512, 512)) == 200  # rounded down to 8
+
+
+def test_fp8_weights_asked_for_on_mps_load_in_fp16(ext, tmp_path, monkeypatch, caplog):
+    """ComfyUI's --fp8_e4m3fn-unet gives native models float8 weights even on Apple's MPS, which holds no float8
+    tensors; the default model loads in float16 there instead, and says so. (Nothing runs on the MPS here: the
+    model is built on the offload device and only placed on load.)"""
+    import comfy.cli_args
+    import comfy.model_management
+
+    monkeypatch.setattr(comfy.cli_args.args, "fp8_e4m3fn_unet", True)
+    _, path = _random_default_model(tmp_path)
+    on_cpu, _ = ext["default_model"].load_default_model(path)
+    assert on_cpu.model.get_dtype() == torch.float8_e4m3fn  # elsewhere ComfyUI's choice stands
+    monkeypatch.setattr(comfy.model_management, "get_torch_device", lambda: torch.device("mps"))
+    monkeypatch.setattr(comfy.model_management, "mac_version", lambda: (14, 0))  # ComfyUI asks, for bf16
+    on_mps, _ = ext["default_model"].load_default_model(path)
+    assert on_mps.model.get_dtype() == torch.float16 and on_mps.load_device.type == "mps"
+    assert "not supported on Apple's MPS; the default model loads in float16 instead" in caplog.text

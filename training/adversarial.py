@@ -2,24 +2,19 @@
 
     trainer = AdversarialLoRATrainer(base_net, LoraSpec(rank=8), AdversarialLoRA(), batches,
                                      TrainConfig(output_dir="runs/adv", steps=600),
-                                     discriminator="features")
+                                     probe=(x, cond), discriminator="features")
     trainer.train()                                   # the project's Trainer: progress, resume, EMA
-    trainer.export("sr_adv.safetensors")              # ComfyUI LoRA keys (training/lora.py)
+    trainer.export("sr_adv.safetensors")              # ComfyUI LoRA keys (adapters/lora.py)
 
 The generator is the base network with a peft LoRA (base frozen). It makes the one-step (or
 few-step) SR output from the source x1 of each batch, and its loss is
 
-    L_G = w_rec * |fake - x0|_{1 or 2} + w_adv * L_adv(D(fake)) + w_cons * L_consistency,
+    L_G = w_rec * |fake - x0|_{1 or 2} + w_p * LPIPS_vgg(fake, x0) + w_adv * L_adv(D(fake)) + w_cons * L_consistency,
 
 where L_consistency is a flow-map objective of training/objectives.py (default: Shortcut
 self-consistency with its flow-matching part) on the same batch, with the EMA as its teacher, so
-that multi-step sampling of the tuned network stays coherent. The discriminator sees the SR
-output against the HR image, both with the LR condition:
-
-- "patch": a small PatchGAN on [image, condition] (image or latent space alike);
-- "features": light heads on the frozen base network's own encoder features (the LoRA switched
-  off; the approach of large one-step distillations, no second backbone in memory). The
-  backbone sees the image moved to `feature_time` on the LR -> HR path.
+that multi-step sampling of the tuned network stays coherent. The discriminator
+(training/discriminators.py) sees the SR output against the HR image, both with the LR condition.
 
 D and G are trained by one optimizer step on the summed loss (simultaneous gradient descent):
 the generator's adversarial term runs D with its parameters frozen, the discriminator's term on
@@ -30,218 +25,26 @@ or non-saturating; R1 (gradient penalty on real images) optional.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..samplers.flow_map import add_source, denoised_from_velocity, shifted_times
-from .lora import (COMFY_DEFAULT_MODEL_PREFIX, LoraSpec, adapters_disabled, add_lora, lora_layers,
-                   save_lora)
-from .objectives import _unpack, flow_map, make_objective, objective_options, per_sample
-from .trainer import TrainConfig, Trainer
+from ..adapters.lora import LoraSpec
+from ..samplers.flow_map import denoised_from_velocity, per_sample, shifted_times
+from ..samplers.sampling import flow_map_model, sample_flow_map
+from .discriminators import (GAN_LOSSES, discriminator_loss, frozen, generator_loss, make_discriminator,
+                             r1_penalty)
+from .losses import unpack_batch
+from .lora_training import LoRATrainer
+from .objectives import make_objective
+from .perceptual import sampled_perceptual
+from .trainer import TrainConfig
 
-GAN_LOSSES = ("hinge", "non_saturating")
 # The consistency term by default, and the objective assumed for a base file that records none.
 DEFAULT_CONSISTENCY = "shortcut"
 RECONSTRUCTIONS = ("l1", "l2")
-DISCRIMINATORS = ("patch", "features")
-# The blocks whose outputs the feature discriminator reads by default: a diffusers UNet's down and
-# middle blocks, or the residual blocks of the default model (FlowMapSRNet.blocks).
-ENCODER_BLOCK = re.compile(r"(^|\.)(down_blocks\.\d+|mid_block|blocks\.\d+)$")
-
-
-# ---------------------------------------------------------------- losses
-
-
-def discriminator_loss(real: list[torch.Tensor], fake: list[torch.Tensor], kind: str) -> torch.Tensor:
-    """Mean over the discriminator's outputs (logit maps) of the D loss: hinge
-    relu(1 - D(real)) + relu(1 + D(fake)), or non-saturating softplus(-D(real)) + softplus(D(fake))."""
-    if kind == "hinge":
-        terms = [F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)]
-    elif kind == "non_saturating":
-        terms = [F.softplus(-r).mean() + F.softplus(f).mean() for r, f in zip(real, fake)]
-    else:
-        raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {kind!r}")
-    return torch.stack(terms).mean()
-
-
-def generator_loss(fake: list[torch.Tensor], kind: str) -> torch.Tensor:
-    """The generator's side: -D(fake) (hinge) or softplus(-D(fake)) (non-saturating)."""
-    if kind == "hinge":
-        terms = [-f.mean() for f in fake]
-    elif kind == "non_saturating":
-        terms = [F.softplus(-f).mean() for f in fake]
-    else:
-        raise ValueError(f"gan_loss must be one of {GAN_LOSSES}, got {kind!r}")
-    return torch.stack(terms).mean()
-
-
-def r1_penalty(real_logits: list[torch.Tensor], real: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al.): E ||grad_x D(x)||^2 on real images (`real` must require grad)."""
-    total = sum(logits.sum() for logits in real_logits)
-    (grad,) = torch.autograd.grad(total, real, create_graph=True)
-    return grad.float().square().flatten(1).sum(1).mean()
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module):
-    """Parameters of `module` take no gradient inside the block (gradients still reach the input)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-# ---------------------------------------------------------------- discriminators
-
-
-class PatchDiscriminator(nn.Module):
-    """PatchGAN (Isola et al.): strided convolutions over [x, cond] -> one logit per patch.
-
-    channels: channels of x (3 for images, the latent channels for latents); cond, when given,
-    has the same shape as x and is stacked on the channels (a conditional discriminator)."""
-
-    def __init__(self, channels: int = 3, conditional: bool = True, width: int = 64, layers: int = 3):
-        super().__init__()
-        if layers < 1 or width < 1:
-            raise ValueError(f"PatchDiscriminator needs layers >= 1 and width >= 1, got {layers}, {width}")
-        self.conditional = conditional
-        blocks, c_in = [], channels * (2 if conditional else 1)
-        for i in range(layers):
-            c_out = width * 2 ** min(i, 3)
-            blocks += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1),
-                       *([nn.GroupNorm(min(32, c_out // 4), c_out)] if i else []), nn.LeakyReLU(0.2)]
-            c_in = c_out
-        blocks.append(nn.Conv2d(c_in, 1, 3, padding=1))
-        self.net = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None, backbone: nn.Module | None = None) -> list[torch.Tensor]:
-        if self.conditional:
-            if cond is None or cond.shape != x.shape:
-                raise ValueError("a conditional PatchDiscriminator needs cond with the shape of x "
-                                 f"{tuple(x.shape)}; got {None if cond is None else tuple(cond.shape)}")
-            x = torch.cat([x, cond], dim=1)
-        return [self.net(x)]
-
-
-def _capture(backbone: nn.Module, modules: Sequence[str], run: Callable[[], object]) -> list[torch.Tensor]:
-    """Outputs of the named submodules of `backbone` during run() (first element of tuples)."""
-    found = dict(backbone.named_modules())
-    missing = [name for name in modules if name not in found]
-    if missing:
-        raise ValueError(f"feature modules {missing} are not in {type(backbone).__name__}")
-    features: dict[str, torch.Tensor] = {}
-
-    def hook(name):
-        def store(_module, _inputs, output):
-            features[name] = output[0] if isinstance(output, (tuple, list)) else output
-        return store
-
-    handles = [found[name].register_forward_hook(hook(name)) for name in modules]
-    try:
-        run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return [features[name] for name in modules]
-
-
-def encoder_blocks(net: nn.Module) -> tuple[str, ...]:
-    """The down and middle blocks of a diffusers-style UNet inside `net`, or its residual `blocks`."""
-    names = tuple(name for name, _ in net.named_modules() if ENCODER_BLOCK.search(name))
-    if not names:
-        raise ValueError(f"{type(net).__name__} has no down_blocks / mid_block / blocks: name the discriminator's "
-                         "feature_modules explicitly")
-    return names
-
-
-class _Times(nn.Module):
-    """Parametrization w = stored * factor (with Adam, the layer learns `factor` times faster)."""
-
-    def __init__(self, factor: float):
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, stored):
-        return stored * self.factor
-
-
-def faster(layer: nn.Module, factor: float) -> nn.Module:
-    """`layer` with the same initial weights and `factor` times the optimizer's learning rate
-    (equalised-learning-rate style): the discriminator's own rate without a second optimizer."""
-    if factor != 1.0:
-        for name in ("weight", "bias"):
-            if getattr(layer, name, None) is not None:
-                with torch.no_grad():
-                    getattr(layer, name).div_(factor)
-                parametrize.register_parametrization(layer, name, _Times(factor))
-    return layer
-
-
-def _head(channels: int, hidden: int, tokens: bool, lr_multiplier: float) -> nn.Module:
-    """A light discriminator head: per position (pixel or token) a small MLP to one logit. No
-    normalisation layer: texture shows in the features' magnitude, which a norm would remove."""
-    if tokens:
-        layers = [nn.Linear(channels, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1)]
-    else:
-        layers = [nn.Conv2d(channels, hidden, 3, padding=1), nn.LeakyReLU(0.2), nn.Conv2d(hidden, 1, 1)]
-    return nn.Sequential(*(faster(layer, lr_multiplier) for layer in layers))
-
-
-class FeatureDiscriminator(nn.Module):
-    """Light heads on a frozen backbone's features: the backbone is the generator's own network
-    with its LoRA switched off, passed at call time (the discriminator stores only the heads).
-
-    The backbone `net(x, t, s, cond)` sees x moved to `feature_time` on the path towards cond,
-    ``add_source(x, cond, t)``, at s = t; the outputs of `feature_modules` ([B, C, H, W] maps or
-    [B, N, C] token sequences; default: `encoder_blocks`) each feed one head. `probe` is a (x, cond) pair of the shapes the
-    backbone takes, used once (filled with seeded noise) to size and scale the heads.
-    lr_multiplier: the heads learn this many times faster than the generator's LoRA (they start
-    from scratch on subtle feature differences; two time-scale updates, one optimizer).
-    """
-
-    def __init__(self, backbone: nn.Module, probe: tuple[torch.Tensor, torch.Tensor],
-                 feature_modules: Sequence[str] | None = None, feature_time: float = 0.25,
-                 hidden: int = 64, lr_multiplier: float = 5.0):
-        super().__init__()
-        if not 0.0 <= feature_time < 1.0:
-            raise ValueError(f"feature_time must lie in [0, 1), got {feature_time}")
-        self.feature_modules = tuple(feature_modules) if feature_modules else encoder_blocks(backbone)
-        self.feature_time = feature_time
-        generator = torch.Generator().manual_seed(0)
-        x, cond = (torch.randn(p.shape, generator=generator).to(p) for p in probe)
-        with torch.no_grad():
-            features = self.features(backbone, x, cond)
-        self.token_features = [f.ndim == 3 for f in features]
-        # Each feature map is divided by its spread on a random probe, so every head starts on O(1)
-        # inputs (the base's features are small: raw, a head would barely move at the trainer's lr).
-        self.register_buffer("feature_scales", torch.stack([f.float().std().clamp(min=1e-6) for f in features]))
-        self.heads = nn.ModuleList(_head(f.shape[-1] if tokens else f.shape[1], hidden, tokens, lr_multiplier)
-                                   for f, tokens in zip(features, self.token_features))
-
-    def features(self, backbone: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
-        t = torch.full((x.shape[0],), self.feature_time, device=x.device, dtype=x.dtype)
-        x_t = add_source(x, cond, per_sample(t, x))
-        with adapters_disabled(backbone):
-            return _capture(backbone, self.feature_modules, lambda: backbone(x_t, t, t, cond))
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, backbone: nn.Module | None = None) -> list[torch.Tensor]:
-        if backbone is None:
-            raise ValueError("FeatureDiscriminator needs the backbone (the LoRA-carrying generator) at call time")
-        features = self.features(backbone, x, cond)
-        return [head(f / scale) for head, f, scale in zip(self.heads, features, self.feature_scales)]
 
 
 class AdversarialPair(nn.Module):
@@ -268,8 +71,8 @@ class AdversarialLoRA:
     earlier jumps without gradient, the last with it; 1 = one-step SR).
     consistency / consistency_options: the flow-map objective (training/objectives.py) and its
     options; consistency_weight 0 drops it.
-    step_hook (not a hyper-parameter): called at the start of every micro-step, e.g. to report
-    progress or stop an interrupted run.
+    perceptual_weight: ST-LPIPS-VGG on the SR output (training/perceptual.py), on the last
+    `perceptual_samples` of the batch in one random `perceptual_crop`² window; 0 leaves it out.
     """
 
     gan_loss: str = "hinge"
@@ -281,6 +84,9 @@ class AdversarialLoRA:
     consistency_weight: float = 1.0
     r1_weight: float = 0.0
     sample_steps: int = 1
+    perceptual_weight: float = 0.0
+    perceptual_samples: int = 4
+    perceptual_crop: int = 64
     name = "adversarial_lora"
 
     def __post_init__(self):
@@ -289,32 +95,28 @@ class AdversarialLoRA:
         if self.reconstruction not in RECONSTRUCTIONS:
             raise ValueError(f"reconstruction must be one of {RECONSTRUCTIONS}, got {self.reconstruction!r}")
         weights = {"adversarial_weight": self.adversarial_weight, "reconstruction_weight": self.reconstruction_weight,
-                   "consistency_weight": self.consistency_weight, "r1_weight": self.r1_weight}
+                   "consistency_weight": self.consistency_weight, "r1_weight": self.r1_weight,
+                   "perceptual_weight": self.perceptual_weight}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
             raise ValueError(f"loss weights {negative} must be >= 0")
         if self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
         self.consistency_objective = make_objective(self.consistency, **self.consistency_options)
-        self.step_hook: Callable[[], None] | None = None
 
     def sr_output(self, net, x1: torch.Tensor, cond) -> torch.Tensor:
         """The generator's SR output from the source x1 in `sample_steps` jumps (pseudo-x0 of the last)."""
-        n = x1.shape[0]
         times = shifted_times(self.sample_steps, 1.0, 1.0).to(x1)
         x = x1
-        with torch.no_grad():
-            for t, s in zip(times[:-2], times[1:-1]):
-                t_, s_ = t.expand(n), s.expand(n)
-                x = flow_map(x, net(x, t_, s_, cond), t_, s_)
-        t_last = times[-2].expand(n)
+        if self.sample_steps > 1:  # the jumps before the last, without gradient, by the package's sampler
+            x = sample_flow_map(flow_map_model(net, "two_time", cond), x1, times[:-1], disable=True,
+                                family="two_time")
+        t_last = times[-2].expand(x1.shape[0])
         u = net(x, t_last, torch.zeros_like(t_last), cond)
         return denoised_from_velocity(x, u, per_sample(t_last, x))
 
     def __call__(self, net, batch, ema_net=None, generator=None):
-        if self.step_hook is not None:
-            self.step_hook()
-        x0, x1, cond = _unpack(batch)
+        x0, x1, cond = unpack_batch(batch)
         pair = net
         disc, backbone = pair.discriminator, pair.generator
         fake = self.sr_output(net, x1, cond)
@@ -333,6 +135,10 @@ class AdversarialLoRA:
         logs = {"reconstruction": reconstruction.item(), "g_adv": g_adv.item(), "d_loss": d_loss.item(),
                 "d_real": torch.stack([r.mean() for r in real_logits]).mean().item(),
                 "d_fake": torch.stack([f.mean() for f in fake_logits]).mean().item()}
+        if self.perceptual_weight > 0:
+            perceptual = sampled_perceptual(fake, x0, generator, self.perceptual_samples, self.perceptual_crop)
+            loss = loss + self.perceptual_weight * perceptual
+            logs["lpips"] = perceptual.item()
         if self.r1_weight > 0:
             r1 = r1_penalty(real_logits, real)
             loss = loss + self.r1_weight / 2 * r1
@@ -348,62 +154,26 @@ class AdversarialLoRA:
 # ---------------------------------------------------------------- trainer
 
 
-def make_discriminator(kind: str, generator: nn.Module, probe: tuple[torch.Tensor, torch.Tensor],
-                       **options) -> nn.Module:
-    """A discriminator of `kind` for `generator` (features: its frozen base as backbone).
-    probe: an (x, cond) pair of training shapes; options go to the discriminator class."""
-    if kind == "patch":
-        return PatchDiscriminator(channels=probe[0].shape[1], **options)
-    if kind == "features":
-        return FeatureDiscriminator(generator, probe, **options)
-    raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {kind!r}")
+class AdversarialLoRATrainer(LoRATrainer):
+    """A LoRATrainer on (LoRA generator, discriminator) in one module: one optimizer, one EMA, one
+    checkpoint; `export` writes the generator's adapter.
 
-
-class AdversarialLoRATrainer:
-    """The project's Trainer on (LoRA generator, discriminator): same progress bar, checkpoints,
-    resume, EMA and accelerate support; `export` writes the (EMA) adapter as a LoRA file.
-
-    net: the plain base network (weights are frozen; a LoRA of `spec` is injected in place).
     probe: an (x, cond) pair of training shapes (sizes the discriminator).
-    metadata: recorded in checkpoints and in exported LoRA files (base model, data, command).
     """
 
     def __init__(self, net: nn.Module, spec: LoraSpec, objective: AdversarialLoRA, batches,
                  config: TrainConfig, probe: tuple[torch.Tensor, torch.Tensor], discriminator: str = "features",
                  discriminator_options: dict | None = None, metadata: dict | None = None):
-        torch.manual_seed(config.seed)  # the LoRA's A and the discriminator start the same on every run
-        add_lora(net, spec)
-        disc = make_discriminator(discriminator, net, probe, **(discriminator_options or {}))
-        self.spec = spec
-        self.pair = AdversarialPair(net, disc)
-        recipe = {"lora": dataclasses.asdict(spec), "discriminator": discriminator,
-                  "discriminator_options": discriminator_options or {}}
-        self.trainer = Trainer(self.pair, objective, batches, config, metadata={**(metadata or {}), **recipe})
+        self.discriminator_recipe = (discriminator, probe, discriminator_options or {})
+        super().__init__(net, spec, objective, batches, config, metadata=metadata)
 
-    @property
-    def generator(self) -> nn.Module:
-        return self.trainer.unwrapped_net.generator
+    def trained_module(self, net: nn.Module) -> nn.Module:
+        kind, probe, options = self.discriminator_recipe
+        return AdversarialPair(net, make_discriminator(kind, net, probe, **options))
 
-    def train(self) -> dict:
-        return self.trainer.train()
+    def recipe_extras(self) -> dict:
+        kind, _, options = self.discriminator_recipe
+        return {"discriminator": kind, "discriminator_options": options}
 
-    def recipe(self) -> dict:
-        """What made this adapter: objective and its options, training config, step, metadata."""
-        trainer = self.trainer
-        return {**trainer.metadata, "objective": trainer.objective.name,
-                "objective_options": objective_options(trainer.objective),
-                "config": dataclasses.asdict(trainer.config), "step": trainer.step}
-
-    def export(self, path: str | Path, file_format: str = "comfy", prefix: str = COMFY_DEFAULT_MODEL_PREFIX,
-               ema: bool = True, overwrite: bool = False) -> Path:
-        """Write the adapter (the EMA generator's by default) with the recipe as metadata."""
-        if ema and self.trainer.ema_net is None:
-            raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
-        source = (self.trainer.ema_net if ema else self.trainer.unwrapped_net).generator
-        if not lora_layers(source):
-            raise RuntimeError("the generator lost its LoRA layers")
-        if not self.trainer.is_main_process:
-            return Path(path)
-        return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix,
-                         metadata={"recipe": self.recipe(), "weights": "ema" if ema else "raw"},
-                         overwrite=overwrite)
+    def lora_network(self, module: nn.Module) -> nn.Module:
+        return module.generator

@@ -2,7 +2,7 @@
 
 `sr_batches` draws every random choice from the trainer's per-step generator, so a resumed run
 sees the same data; `ImageCrops` samples crops from any set of HR images (an IMAGE batch or a
-folder in ComfyUI) with models.photos.CropSampler's crop, flip and rotation rules.
+folder in ComfyUI) with photos.CropSampler's crop, flip and rotation rules.
 """
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.degrade import SCALES, bicubic_downscale, bicubic_upscale, realistic_downscale
-from ..models.photos import CropSampler
 from ..models.pipeline import lr_source
+from ..processing.resample import bicubic_downscale, bicubic_upscale
+from .degradations import realistic_downscale
+from .photos import CropSampler
+
+# The upscale factors the default model is trained for (one model serves both).
+SCALES = (4, 8)
 
 
 class ImageCrops(CropSampler):
@@ -32,8 +36,8 @@ class ImageCrops(CropSampler):
 def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float, source_noise: float = 0.0,
                scales=SCALES):
     """batches(generator) -> {"x0": HR, "x1": source, "cond": upsampled LR}, all in [-1, 1]: one
-    scale of `scales` per batch, the bicubic or (with probability real_fraction) the seeded
-    real-world degradation, start mode 'lr': the source is the bicubic-upsampled LR image plus
+    scale of `scales` per batch; per sample, the seeded real-world degradation (with probability
+    real_fraction) or the clean bicubic downscale; start mode 'lr': the source is the bicubic-upsampled LR image plus
     Gaussian noise of std `source_noise` (models.pipeline.lr_source, as the default model
     samples). "cond" is the clean upsampled LR: networks without a condition input ignore it,
     the SR discriminators see it beside the image."""
@@ -43,8 +47,10 @@ def sr_batches(sampler: CropSampler, batch: int, crop: int, real_fraction: float
         rng = np.random.default_rng(seed)
         hr = sampler.sample(batch, crop, rng)
         scale = int(rng.choice(scales))
-        lr = (realistic_downscale(hr, scale, rng) if rng.random() < real_fraction
-              else bicubic_downscale(hr, scale))
+        real = torch.from_numpy(rng.random(batch) < real_fraction)
+        lr = bicubic_downscale(hr, scale)
+        if real.any():
+            lr[real] = realistic_downscale(hr[real], scale, rng)
         upsampled = bicubic_upscale(lr, scale) * 2 - 1
         source = lr_source(upsampled, source_noise, torch.Generator().manual_seed(int(rng.integers(2**62))))
         return {"x0": hr * 2 - 1, "x1": source, "cond": upsampled}

@@ -2,7 +2,7 @@
 
     trainer = Trainer(net, "shortcut", batches, TrainConfig(output_dir="runs/x", steps=2000),
                       metadata={"family": "shortcut", "start_mode": "lr"})
-    trainer.train()                        # resumes from runs/x/checkpoint.safetensors if present
+    trainer.train(on_step=report)          # resumes from runs/x/checkpoint.safetensors if present
     trainer.export_weights("weights/x.safetensors")    # EMA weights + metadata, for inference
 
 `batches` is either a callable ``batches(generator) -> batch`` (synthetic data drawn from the
@@ -11,22 +11,27 @@ trainer's per-step generator, so a resumed run is bit-identical) or an iterable 
 fast-forwarded on resume). A batch is ``{"x0", "x1", "cond"?}`` (see objectives.py).
 
 Run it unchanged on several processes with ``accelerate launch --num_processes N script.py``.
+
+The run draws from torch's global RNG (dropout, peft's initialisation) only inside `seeded_rng`,
+which forks it: training inside a ComfyUI process leaves what later nodes draw unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from ..files.tensors import load_tensors, prefixed, save_tensors, unprefixed
 from ..models.precision import native_bf16
-from .checkpoint import (FORMAT, flatten_optimizer, load_tensors, prefixed, save_tensors,
-                         unflatten_optimizer, unprefixed)
+from .checkpoint import FORMAT, flatten_optimizer, unflatten_optimizer
 from .ema import make_ema, update_ema
 from .objectives import make_objective, objective_options
 from .plotting import loss_curve
@@ -76,6 +81,17 @@ class TrainConfig:
         if self.lr_schedule == "cosine":
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
         return self.lr
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int | None = None):
+    """torch's global RNG (CPU and every CUDA device) forked for the block and restored after it;
+    seeded with `seed` when given."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def _step_seed(seed: int, rank: int, micro_step: int) -> int:
@@ -130,7 +146,7 @@ class Trainer:
         self.batches = batches
         if isinstance(batches, torch.utils.data.DataLoader):
             self.batches = self.accelerator.prepare(batches)
-        self.generator = torch.Generator(device=self.accelerator.device)
+        self.rng = torch.Generator(device=self.accelerator.device)
         self.step = 0
         self.losses: list[float] = []
 
@@ -144,11 +160,6 @@ class Trainer:
     @property
     def checkpoint_path(self) -> Path:
         return self.output_dir / CHECKPOINT_NAME
-
-    @property
-    def unwrapped_net(self) -> torch.nn.Module:
-        """The trained network (kept for symmetry with accelerate; the net is never wrapped)."""
-        return self.net
 
     @property
     def is_main_process(self) -> bool:
@@ -201,7 +212,7 @@ class Trainer:
         the network the run was built on, not state of the run, so checkpoints leave them out (a
         multi-GB base would otherwise be written at every checkpoint); a resumed run takes them from
         the network it is given."""
-        return {name for name, p in self.unwrapped_net.named_parameters() if not p.requires_grad}
+        return {name for name, p in self.net.named_parameters() if not p.requires_grad}
 
     def _run_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         frozen = self._frozen_parameters()
@@ -220,7 +231,7 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_path
         if self.is_main_process:
             opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
-            tensors = {**prefixed("net", self._run_state(self.unwrapped_net)),
+            tensors = {**prefixed("net", self._run_state(self.net)),
                        **(prefixed("ema", self._run_state(self.ema_net)) if self.ema_net is not None else {}),
                        **prefixed("optimizer", opt_tensors),
                        "history.loss": torch.tensor(self.losses, dtype=torch.float32)}
@@ -241,7 +252,7 @@ class Trainer:
             if key in ("family", "start_mode") and key in meta and meta[key] != value:
                 raise ValueError(f"{path} has {key}={meta[key]!r}, this run asks for {value!r}: "
                                  "use a new output_dir or the same setting")
-        self._load_run_state(self.unwrapped_net, unprefixed("net", tensors), path)
+        self._load_run_state(self.net, unprefixed("net", tensors), path)
         if self.ema_net is not None:
             ema = unprefixed("ema", tensors)
             self._load_run_state(self.ema_net, ema or unprefixed("net", tensors), path)  # no EMA saved: start it here
@@ -263,7 +274,7 @@ class Trainer:
         if ema and self.ema_net is None:
             raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
         if self.is_main_process:
-            weights = (self.ema_net if ema else self.unwrapped_net).state_dict()
+            weights = (self.ema_net if ema else self.net).state_dict()
             save_tensors(path, weights, {**self._metadata(), "weights": "ema" if ema else "raw"})
         self.accelerator.wait_for_everyone()
         return path
@@ -302,18 +313,25 @@ class Trainer:
     # ---------------------------------------------------------------- training
 
     def _micro_step(self, batch_or_none) -> tuple[torch.Tensor, dict, int]:
-        batch = self.batches(self.generator) if batch_or_none is None else batch_or_none
+        batch = self.batches(self.rng) if batch_or_none is None else batch_or_none
         batch = {k: (v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v)
                  for k, v in batch.items()}
         with self.accelerator.autocast():
-            loss, logs = self.objective(self.net, batch, ema_net=self.ema_net, generator=self.generator)
+            loss, logs = self.objective(self.net, batch, ema_net=self.ema_net, generator=self.rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the {self.objective.name} loss is {loss.item()} at step {self.step}: "
                                      "lower the learning rate or check the data")
         return loss, logs, batch["x0"].shape[0]
 
-    def train(self) -> dict:
-        """Train up to config.steps, checkpointing on the way; returns a summary."""
+    def train(self, on_step: Callable[[int], None] | None = None) -> dict:
+        """Train up to config.steps, checkpointing on the way; returns a summary.
+
+        on_step(step) runs before every optimizer step with the number of steps done: to report
+        progress, or to stop the run by raising (call `save_checkpoint` to keep the steps done)."""
+        with seeded_rng():
+            return self._train(on_step)
+
+    def _train(self, on_step) -> dict:
         config, accelerator = self.config, self.accelerator
         synthetic = callable(self.batches) and not hasattr(self.batches, "__iter__")
         stream = None if synthetic else self._batch_stream()
@@ -324,10 +342,12 @@ class Trainer:
         start_step = self.step
         self.net.train()
         while self.step < config.steps:
+            if on_step is not None:
+                on_step(self.step)
             total = torch.zeros((), device=accelerator.device)
             for micro in range(config.grad_accumulation):
                 seed = _step_seed(config.seed, rank, self.step * config.grad_accumulation + micro)
-                self.generator.manual_seed(seed)
+                self.rng.manual_seed(seed)
                 torch.manual_seed(seed)  # dropout and other global draws resume exactly too
                 loss, logs, batch_size = self._micro_step(None if synthetic else next(stream))
                 accelerator.backward(loss / config.grad_accumulation)
@@ -341,7 +361,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema_net is not None:
-                update_ema(self.ema_net, self.unwrapped_net, config.ema_decay)
+                update_ema(self.ema_net, self.net, config.ema_decay)
             self.step += 1
             self.losses.append(accelerator.reduce(total, "mean").item())
 

@@ -95,15 +95,17 @@ def _model_config(family):
     raise ValueError(f"unknown tiny model family {family!r}; choose one of {sorted(FAMILIES)}")
 
 
-def build_model(family):
-    """A ModelPatcher around a tiny `family` model with fixed random weights (same weights every call)."""
+def build_model(family, dtype=torch.float32):
+    """A ModelPatcher around a tiny `family` model with fixed random weights (same weights every call), its
+    weights in `dtype` and manual-cast as ComfyUI would for the host's device."""
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
 
     model_config, model_type = _model_config(family)
     load_device = comfy.model_management.get_torch_device()
-    model_config.set_inference_dtype(torch.float32, None)
+    model_config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(
+        dtype, load_device, model_config.supported_inference_dtypes))
     if model_type is None:
         model = model_config.get_model({})
     else:

@@ -16,12 +16,13 @@ import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
+from ..adapters.lora import LoraSpec, lora_layers, remove_lora
+from ..samplers.flow_map import average_velocity, per_sample
 from ..training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
-from ..training.lora import LoraSpec, lora_layers, remove_lora
-from ..training.objectives import per_sample
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import TrainConfig
-from .comfy_glue import empty_conditioning, model_info, parametrization_of
+from .model_info import model_info
+from .sampling import empty_conditioning, parametrization_of
 
 # The wrapper keeps the diffusion model at the attribute name BaseModel gives it, so its module paths
 # are the BaseModel's state-dict paths, which ComfyUI's LoRA loader maps: the keys need no prefix.
@@ -53,7 +54,7 @@ class NativeFlowNet(torch.nn.Module):
                         for name, c in self.model_conds.items()}
         with torch.autograd.graph.saved_tensors_hooks(saved_activation_copy, lambda saved: saved):
             x0 = self.base_model.apply_model(x, t, **conditioning)
-        return (x - x0) / per_sample(t, x)
+        return average_velocity(x, x0, per_sample(t, x))
 
 
 def saved_activation_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -78,7 +79,7 @@ def model_conditioning(model, positive, latent: torch.Tensor) -> dict:
     """{name: cond object} that the model's extra_conds make of CONDITIONING `positive` for latents
     shaped like `latent`, through ComfyUI's own sampler helpers (no per-family code)."""
     if positive is None:
-        if model_info(model)["needs_text"]:
+        if model_info(model).needs_text:
             raise ValueError("Train SR LoRA: this MODEL takes a text conditioning: connect the 'positive' "
                              "input (e.g. CLIPTextEncode of an empty or a quality prompt)")
         positive = empty_conditioning()

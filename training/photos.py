@@ -1,16 +1,20 @@
 """Natural photographs that registry packages ship: the default model's training and held-out data.
 
 Sources (nothing comes from a model hub or the web):
-- ``lomiri/<file>``: Debian package ``lomiri-wallpapers-16.04`` (high-resolution JPEG photos),
-  unpacked into the cache by ``scripts/fetch_training_photos.sh``; each is downscaled by
-  ``WALLPAPER_DOWNSCALE`` (>= 2.5, DESIGN: washes out the JPEG artefacts) with the package's
-  own bicubic downscale.
+- ``lomiri/<file>``: Debian package ``lomiri-wallpapers-16.04``; ``mate/<file>``: Debian package
+  ``mate-backgrounds`` (its nature photos): high-resolution JPEG photos, unpacked into the cache by
+  ``scripts/fetch_training_photos.sh``, each downscaled by its package's factor in
+  ``WALLPAPER_PACKAGES`` (which washes out the JPEG artefacts of the stored files) with the
+  package's own bicubic downscale.
 - ``skimage/<file>``: images bundled in the scikit-image wheel (read from its data folder; the
   pooch-downloaded ones are never touched).
 - ``sklearn/<file>``: scikit-learn's sample images (china, flower).
+- ``matplotlib/<file>``: matplotlib's sample data (a portrait).
 
-``HELD_OUT`` never enters training; the benchmark and the tests evaluate on it. The manifest
-(`manifest`) lists every file with the sha256 of its bytes and one hash of the whole.
+``HELD_OUT`` never enters training; the benchmarks and the tests evaluate on it. It is chosen for
+variety (a face, text, foliage, fur, architecture, skies), since smooth wallpapers alone have little
+to gain and hide what a model does to detail. The manifest (`manifest`) lists every file with the
+sha256 of its bytes and one hash of the whole.
 """
 
 from __future__ import annotations
@@ -22,12 +26,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .degrade import bicubic_downscale, crop_to_multiple
+from ..files.cache import cache_root
+from ..files.digest import file_sha256
+from ..files.images import read_image
+from ..processing.resample import bicubic_downscale, crop_to_multiple
 
-WALLPAPER_PACKAGE = "lomiri-wallpapers-16.04"
-WALLPAPER_DOWNSCALE = 3
+# origin -> (Debian package, downscale factor applied on loading)
+WALLPAPER_PACKAGES = {"lomiri": ("lomiri-wallpapers-16.04", 3), "mate": ("mate-backgrounds", 2)}
+MATE_NATURE = "mate/nature"
 TRAIN = (
     "lomiri/Bridge_by_Sander_Klootwijk.jpg", "lomiri/Dragonfly_by_Bolly.jpg",
     "lomiri/Picture_0B_by_freespace.jpg", "lomiri/Wine_by_Jakkub_Mede.jpg",
@@ -35,52 +42,62 @@ TRAIN = (
     "lomiri/free_by_Peter_Nerlich.jpg", "lomiri/greentock_by_Peter_Nerlich.jpg",
     "lomiri/seeding_by_Clements_Engelhardt.jpg", "lomiri/sunset_by_Aitzol_Berasategi.jpg",
     "lomiri/umang_by_Abhishek_Mudgal.jpg",
+    *(f"{MATE_NATURE}/{name}.jpg" for name in ("Garden", "Dune", "Wood", "Aqua", "TwoWings", "GreenMeadow",
+                                                "RainDrops", "LadyBird", "FreshFlower", "YellowFlower")),
     "skimage/astronaut.png", "skimage/coffee.png", "skimage/rocket.jpg",
     "skimage/motorcycle_left.png", "skimage/camera.png", "skimage/grass.png",
     "skimage/gravel.png", "skimage/brick.png",
     "sklearn/flower.jpg",
 )
-# Diverse held-out photos: animal fur, city/architecture, colourful fine detail, wood and
-# animals, mountains and sky, water and rocks.
+# Varied held-out photos: a face, text (two), fur (two), architecture, colourful fine detail, mountains
+# and sky, foliage and water, storm clouds, leaf veins.
 HELD_OUT = (
-    "skimage/chelsea.png", "sklearn/china.jpg",
-    "lomiri/Picture_1A_by_freespace.jpg", "lomiri/friends_by_Aitzol_Berasategi.jpg",
-    "lomiri/picosdeeuropa_by_Aitzol_Berasategi.jpg", "lomiri/life_by_Aitzol_Berasategi.jpg",
+    "matplotlib/grace_hopper.jpg", "skimage/text.png", "skimage/page.png",
+    "skimage/chelsea.png", "lomiri/friends_by_Aitzol_Berasategi.jpg", "sklearn/china.jpg",
+    "lomiri/Picture_1A_by_freespace.jpg", "lomiri/picosdeeuropa_by_Aitzol_Berasategi.jpg",
+    "lomiri/life_by_Aitzol_Berasategi.jpg", f"{MATE_NATURE}/Storm.jpg", f"{MATE_NATURE}/Blinds.jpg",
 )
+# The held-out photos the first default models were measured on (MODEL.md's earlier tables).
+FIRST_HELD_OUT = HELD_OUT[3:9]
 
 
 def cache_dir() -> Path:
     """Where fetched photos live (outside the repository): $ONESTEP_SR_CACHE/photos."""
-    return Path(os.environ.get("ONESTEP_SR_CACHE", "~/.cache/onestep-sr")).expanduser() / "photos"
+    return cache_root() / "photos"
 
 
 def source_path(key: str) -> Path:
     """The file behind a photo key such as ``skimage/astronaut.png``."""
     origin, _, name = key.partition("/")
-    if origin == "lomiri":
-        path = cache_dir() / "extracted" / "usr" / "share" / "backgrounds" / name
+    if origin in WALLPAPER_PACKAGES:
+        package, _ = WALLPAPER_PACKAGES[origin]
+        folder = "backgrounds" if origin == "lomiri" else "backgrounds/mate"
+        path = cache_dir() / package / "usr" / "share" / folder / name
         if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: fetch the {WALLPAPER_PACKAGE} photos first "
+            raise FileNotFoundError(f"{path} is missing: fetch the {package} photos first "
                                     "with scripts/fetch_training_photos.sh")
         return path
-    if origin == "skimage":
-        import skimage
-        return Path(skimage.__file__).parent / "data" / name
-    if origin == "sklearn":
-        try:
-            import sklearn
-        except ImportError:
-            raise ImportError(f"photo {key} needs scikit-learn: pip install scikit-learn") from None
-        return Path(sklearn.__file__).parent / "datasets" / "images" / name
-    raise ValueError(f"unknown photo origin in {key!r}; use lomiri/, skimage/ or sklearn/")
+    modules = {"skimage": ("skimage", "data"), "sklearn": ("sklearn", "datasets/images"),
+               "matplotlib": ("matplotlib", "mpl-data/sample_data")}
+    if origin not in modules:
+        raise ValueError(f"unknown photo origin in {key!r}; use one of "
+                         f"{', '.join(sorted([*WALLPAPER_PACKAGES, *modules]))}")
+    module, folder = modules[origin]
+    try:
+        package = __import__(module)
+    except ImportError:
+        pip_name = {"sklearn": "scikit-learn", "skimage": "scikit-image"}.get(module, module)
+        raise ImportError(f"photo {key} needs {module}: pip install {pip_name}") from None
+    return Path(package.__file__).parent / folder / name
 
 
 def load_photo(key: str) -> torch.Tensor:
     """The photo `key` as a float RGB tensor [3, H, W] in [0, 1] (wallpapers downscaled)."""
-    array = np.asarray(Image.open(source_path(key)).convert("RGB"), dtype=np.float32) / 255
-    image = torch.from_numpy(array).permute(2, 0, 1)[None]
-    if key.startswith("lomiri/"):
-        image = bicubic_downscale(crop_to_multiple(image, WALLPAPER_DOWNSCALE), WALLPAPER_DOWNSCALE)
+    image = read_image(source_path(key), rgb=True)
+    origin = key.partition("/")[0]
+    if origin in WALLPAPER_PACKAGES:
+        factor = WALLPAPER_PACKAGES[origin][1]
+        image = bicubic_downscale(crop_to_multiple(image, factor), factor)
     return image[0].contiguous()
 
 
@@ -96,17 +113,14 @@ def held_out_image(key: str, size: int = 512) -> torch.Tensor:
     return image[None, :, top:top + crop_h, left:left + crop_w].contiguous()
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def manifest() -> dict:
     """Every training and held-out file with its sha256, and one hash of the whole list."""
-    entries = {group: [{"key": key, "sha256": _sha256(source_path(key))} for key in keys]
+    entries = {group: [{"key": key, "sha256": file_sha256(source_path(key))} for key in keys]
                for group, keys in (("train", TRAIN), ("held_out", HELD_OUT))}
     lines = "".join(f"{group}:{e['key']}:{e['sha256']}\n" for group in ("train", "held_out")
                     for e in entries[group])
-    return {"wallpaper_package": WALLPAPER_PACKAGE, "wallpaper_downscale": WALLPAPER_DOWNSCALE,
+    return {"wallpaper_packages": {origin: {"package": package, "downscale": factor}
+                                   for origin, (package, factor) in WALLPAPER_PACKAGES.items()},
             **entries, "hash": hashlib.sha256(lines.encode()).hexdigest()}
 
 

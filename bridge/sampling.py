@@ -1,5 +1,6 @@
-"""The few places where ComfyUI types meet the pure samplers: time <-> sigma, the start point
-from the latent ComfyUI hands the sampler, and the family check. No maths of its own."""
+"""Where ComfyUI's sampling meets the pure samplers: time <-> sigma and the schedule, the start point
+from the latent ComfyUI hands the sampler, the family check, the SAMPLER and the flow-map GUIDER.
+No maths of its own."""
 
 from __future__ import annotations
 
@@ -7,18 +8,11 @@ import comfy.model_sampling
 import comfy.samplers
 import torch
 
-from ..samplers import FAMILIES, START_MODES, VE_START_MODES, start_point
-
-# Set on a ModelPatcher's model_options by loaders of OneStep SR models:
-# {"families": the families it takes, "needs_text": whether it needs a text CONDITIONING,
-#  "source_noise": the std of the noise on its LR source it was trained with,
-#  "objective": the flow-map objective it was trained with (OneStep SR default models only)}.
-MODEL_INFO_KEY = "onestep_sr_model"
-NATIVE_MODEL_INFO = {"families": ("plain",), "needs_text": True, "source_noise": 0.0}
-
-
-def model_info(model_patcher) -> dict:
-    return model_patcher.model_options.get(MODEL_INFO_KEY, NATIVE_MODEL_INFO)
+from ..samplers.flow_map import FAMILIES, shifted_times
+from ..samplers.guidance import scale_at
+from ..samplers.sampling import sample_consistency, sample_flow_map
+from ..samplers.start import START_MODES, VE_START_MODES, start_point
+from .model_info import model_info
 
 
 def parametrization_of(model_sampling) -> str:
@@ -38,7 +32,7 @@ def sigma_of_time(model_sampling, t: float) -> float:
 def check_family(model_patcher, family: str | None) -> str:
     """The family to sample `model_patcher` with (None: the model's own); a clear error when the
     MODEL cannot take the target time that `family` needs."""
-    accepted = model_info(model_patcher)["families"]
+    accepted = model_info(model_patcher).families
     if family is None:
         return accepted[0]
     if family not in FAMILIES:
@@ -94,9 +88,62 @@ def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str 
         if parametrization == "flow":
             lr_latent = model.latent_image if model.latent_image is not None else torch.zeros_like(x)
             x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale,
-                            model_info(guider.model_patcher)["source_noise"]).to(x)
+                            model_info(guider.model_patcher).source_noise).to(x)
         return sample_fn(model, x, sigmas, extra_args, callback, disable,
                          family=check_family(guider.model_patcher, family),
                          parametrization=parametrization, **options)
 
     return comfy.samplers.KSAMPLER(sampler_function)
+
+
+def flow_map_sampler(start_mode: str, bridge_scale: float = 1.0, family: str | None = None, gamma: float = 0.0):
+    """The SAMPLER of the any-step flow-map chain (samplers.sampling.sample_flow_map)."""
+    return ksampler(sample_flow_map, start_mode, bridge_scale, family=family, gamma=gamma)
+
+
+def consistency_sampler(start_mode: str, bridge_scale: float = 1.0):
+    """The SAMPLER of consistency sampling (samplers.sampling.sample_consistency)."""
+    return ksampler(sample_consistency, start_mode, bridge_scale)
+
+
+def flow_map_sigmas(model_patcher, steps: int, t_start: float, shift: float) -> torch.Tensor:
+    """The schedule in the MODEL's own sigmas: steps + 1 times from t_start to 0."""
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    times = shifted_times(steps, t_start, shift)
+    return torch.tensor([sigma_of_time(model_sampling, float(t)) for t in times])
+
+
+class FlowMapGuider(comfy.samplers.CFGGuider):
+    """Positive/negative guidance on a flow map (samplers/guidance.py), on for t in [t_lo, t_hi] only.
+
+    ComfyUI's CFG mixes pseudo-x0s as negative + w (positive - negative), batching both branches;
+    a jump is affine in the pseudo-x0, so this equals the flow-map guidance u_w. Where w = 1
+    (no guidance, or outside the interval) ComfyUI runs the positive branch alone.
+    """
+
+    def __init__(self, model_patcher, t_lo: float = 0.0, t_hi: float = 1.0):
+        super().__init__(model_patcher)
+        scale_at(0.5, 1.0, t_lo, t_hi)  # validates the interval up front
+        model_sampling = model_patcher.get_model_object("model_sampling")
+        self.sigma_lo = sigma_of_time(model_sampling, t_lo)
+        self.sigma_hi = sigma_of_time(model_sampling, t_hi)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        scale = scale_at(float(timestep.max()), self.cfg, self.sigma_lo, self.sigma_hi)
+        return comfy.samplers.sampling_function(self.inner_model, x, timestep, self.conds.get("negative"),
+                                                self.conds.get("positive"), scale,
+                                                model_options=model_options, seed=seed)
+
+
+def flow_map_guider(model, positive, negative, scale: float, t_lo: float = 0.0, t_hi: float = 1.0):
+    """A FlowMapGuider at `scale`; negative may be None where scale is 1."""
+    guider = FlowMapGuider(model, t_lo, t_hi)
+    guider.set_cfg(scale)
+    if negative is not None:
+        guider.set_conds(positive, negative)
+    elif scale != 1.0:
+        raise ValueError("OneStep SR guidance: a scale other than 1 needs a 'negative' CONDITIONING "
+                         "(connect one, e.g. the negative output of 'OneStep SR Prompts')")
+    else:
+        guider.inner_set_conds({"positive": positive})
+    return guider

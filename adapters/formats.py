@@ -1,4 +1,5 @@
-"""Released SR adapter files: reading them and the layer maths they need (pure PyTorch).
+"""Released SR adapter files: telling their layouts apart, reading them, and the layer maths they need
+(pure PyTorch; files are read with files.tensors.read_safetensors).
 
 Formats (`detect_format` tells them apart):
 
@@ -36,7 +37,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
 
 ADAPTER_FORMATS = ("comfy_kohya", "peft_diffusers", "flowsr", "dual_branch")
 FLOWSR_METADATA_KEY = "flowsr_checkpoint_metadata"
@@ -64,24 +64,6 @@ WAN_RESIDUAL_LAYERS = {"norm1": "residual.0", "conv1": "residual.2", "norm2": "r
                        "conv_shortcut": "shortcut"}
 
 
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, raw metadata) of a .safetensors file; any other file is refused (no unpickling)."""
-    path = Path(path)
-    if path.suffix.lower() not in (".safetensors", ".sft"):
-        raise ValueError(f"{path.name}: adapters are read from .safetensors files only (pickled .pt/.ckpt/.bin "
-                         "files can run code when loaded); convert it to safetensors first")
-    tensors = {}
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path.name} is not a readable safetensors file ({err}); if it is a renamed pickle, "
-                         "convert it with safetensors.torch.save_file first") from None
-    return tensors, metadata
-
-
 def detect_format(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
     """Which of ADAPTER_FORMATS a file is in (see the module docstring)."""
     if FLOWSR_METADATA_KEY in metadata:
@@ -102,18 +84,37 @@ class FlowSRCheckpoint:
 
 def read_flowsr(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> FlowSRCheckpoint:
     """Split a FlowSR file into its UNet and VAE state dicts under their original key names."""
+
+    def refuse(problem: str):
+        raise ValueError(f"the {FLOWSR_METADATA_KEY!r} metadata {problem}: FlowSR's layout is a JSON object with "
+                         "'fields' and 'tensor_names' -> 'unet_state_dict' / 'vae_state_dict' -> {stored tensor: "
+                         "original key}; use the file FlowSR released, or choose the file's own format")
+
     try:
         payload = json.loads(metadata[FLOWSR_METADATA_KEY])
-        names = payload.get("tensor_names", {})
-        groups = {group: {original: tensors[stored] for stored, original in names.get(key, {}).items()}
-                  for group, key in FLOWSR_GROUPS.items()}
-    except (KeyError, TypeError, json.JSONDecodeError) as err:
-        raise ValueError(f"the {FLOWSR_METADATA_KEY!r} metadata is not FlowSR's layout ({err!r}): expected JSON "
-                         "with 'fields' and 'tensor_names' -> 'unet_state_dict' / 'vae_state_dict'") from None
+    except json.JSONDecodeError as err:
+        refuse(f"is not JSON ({err})")
+    if not isinstance(payload, dict):
+        refuse(f"must be a JSON object, not a {type(payload).__name__}")
+    names = payload.get("tensor_names", {})
+    fields = payload.get("fields", {})
+    for name, value in (("tensor_names", names), ("fields", fields)):
+        if not isinstance(value, dict):
+            refuse(f"holds {name!r} as a {type(value).__name__}: {name!r} must be an object")
+    groups = {}
+    for group, key in FLOWSR_GROUPS.items():
+        stored_names = names.get(key, {})
+        if not isinstance(stored_names, dict):
+            refuse(f"holds {key!r} as a {type(stored_names).__name__}: {key!r} must be an object")
+        missing = sorted(set(stored_names) - set(tensors))
+        if missing:
+            refuse(f"names tensor {missing[0]!r} under {key!r}, which the file does not hold "
+                   f"({len(missing)} missing)")
+        groups[group] = {original: tensors[stored] for stored, original in stored_names.items()}
     if not groups["unet"]:
         raise ValueError(f"the FlowSR file names no UNet tensors under {FLOWSR_METADATA_KEY!r} -> tensor_names -> "
                          "unet_state_dict")
-    return FlowSRCheckpoint(unet=groups["unet"], vae=groups["vae"], fields=dict(payload.get("fields", {})))
+    return FlowSRCheckpoint(unet=groups["unet"], vae=groups["vae"], fields=dict(fields))
 
 
 def wan_vae_name(module: str) -> str | None:
@@ -131,20 +132,53 @@ def wan_vae_name(module: str) -> str | None:
 
 
 def peft_config_beside(path: str | os.PathLike) -> dict | None:
-    """The PEFT adapter_config.json in the folder of `path`, if there is one."""
+    """The PEFT adapter_config.json in the folder of `path`, if there is one; a broken one raises
+    ValueError naming it."""
     config = Path(path).with_name(PEFT_CONFIG)
-    return json.loads(config.read_text()) if config.is_file() else None
+    if not config.is_file():
+        return None
+
+    def refuse(problem: str):
+        raise ValueError(f"{config} {problem}; fix it (peft writes it with save_pretrained) or delete it to load "
+                         "the adapter at scaling 1 (alpha = rank)")
+
+    try:
+        parsed = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        refuse(f"is not valid JSON ({err})")
+    if not isinstance(parsed, dict):
+        refuse(f"must hold a JSON object, not a {type(parsed).__name__}")
+    if not isinstance(parsed.get("alpha_pattern") or {}, dict):
+        refuse("holds an alpha_pattern that is not an object of {pattern: alpha}")
+    numbers = {"lora_alpha": parsed.get("lora_alpha", PEFT_DEFAULT_ALPHA), **(parsed.get("alpha_pattern") or {})}
+    bad = [name for name, value in numbers.items() if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if bad:
+        refuse(f"holds a non-numeric alpha for {bad[0]!r} (lora_alpha or alpha_pattern)")
+    return parsed
+
+
+def peft_pattern_key(patterns, module: str) -> str | None:
+    """The first of `patterns` (regular expressions over module names, as peft's rank_pattern / alpha_pattern
+    keys are) that matches the whole of `module` or a dotted suffix of it, as peft's get_pattern_key matches
+    them; None when none does."""
+    for pattern in patterns:
+        try:
+            if re.match(rf"(.*\.)?({pattern})$", module):
+                return pattern
+        except re.error as err:
+            raise ValueError(f"alpha_pattern key {pattern!r} is not a regular expression ({err}); peft reads these "
+                             "keys as regular expressions over module names: fix adapter_config.json") from None
+    return None
 
 
 def peft_alpha(config: dict | None, module: str, rank: int) -> float:
     """The alpha to store for `module` so that ComfyUI's alpha / rank equals peft's scaling:
-    the config's lora_alpha (alpha_pattern / rank_pattern and rsLoRA honoured), else the rank."""
+    the config's lora_alpha (alpha_pattern as peft matches it, and rsLoRA honoured), else the rank."""
     if config is None:
         return float(rank)
-    alpha = float(config.get("lora_alpha", PEFT_DEFAULT_ALPHA))
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.search(rf"(^|\.){pattern}$", module):
-            alpha = float(value)
+    patterns = config.get("alpha_pattern") or {}
+    key = peft_pattern_key(patterns, module)
+    alpha = float(config.get("lora_alpha", PEFT_DEFAULT_ALPHA) if key is None else patterns[key])
     return alpha * rank ** 0.5 if config.get("use_rslora") else alpha
 
 

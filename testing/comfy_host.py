@@ -1,4 +1,4 @@
-"""Run the extension inside a real ComfyUI host (DESIGN §6): in this process, or as a server subprocess.
+"""Run the extension inside a real ComfyUI host: in this process, or as a server subprocess.
 
 The host is the ComfyUI 0.3.75 tree that scripts/setup_host.sh unpacks; scripts/run_tests.sh exports its
 path as ONESTEP_SR_COMFYUI. Every host gets its own --base-directory (models, input, output, temp, user,
@@ -21,14 +21,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files.cache import cache_root
+
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
 ARTIFACTS = REPO / "test-artifacts"
 WORKFLOWS = REPO / "workflows"
 EXTENSION_LINK = "onestep-sr"  # the folder name under custom_nodes/, as scripts/setup_host.sh links it
+TEST_NODE_FILES = ("tiny_models.py", "probe_nodes.py")  # custom-node files of testing/ the test hosts load
 NODE_PREFIX = "OneStepSR_"
 CATEGORY_ROOT = "OneStep SR"
 HOST_ENV = "ONESTEP_SR_COMFYUI"
+# "cuda": the in-process host runs ComfyUI on its GPU (scripts/gpu_check.sh); otherwise it is told --cpu
+HOST_DEVICE_ENV = "ONESTEP_SR_HOST_DEVICE"
 MODEL_EXTENSIONS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 # types the frontend draws as widgets; every other input type is a socket
@@ -39,12 +44,11 @@ def host_dir():
     """The ComfyUI host directory: $ONESTEP_SR_COMFYUI, else where scripts/setup_host.sh puts it."""
     if os.environ.get(HOST_ENV):
         return Path(os.environ[HOST_ENV])
-    cache = Path(os.environ.get("ONESTEP_SR_CACHE", Path.home() / ".cache" / "onestep-sr"))
-    return cache / "comfyui-0.3.75"
+    return cache_root() / "comfyui-0.3.75"
 
 
-def prepare_base_dir(base, models_dir=None):
-    """Lay out a ComfyUI --base-directory that loads this checkout and the tiny-model test nodes.
+def prepare_base_dir(base, models_dir=None, test_nodes=True):
+    """Lay out a ComfyUI --base-directory that loads this checkout and (test_nodes) the test nodes (TEST_NODE_FILES).
 
     models_dir, when given, is linked as base/models so that several hosts share one set of tiny files.
     """
@@ -56,7 +60,8 @@ def prepare_base_dir(base, models_dir=None):
     else:
         (base / "models").mkdir(exist_ok=True)
     (base / "custom_nodes" / EXTENSION_LINK).symlink_to(REPO, target_is_directory=True)
-    (base / "custom_nodes" / "tiny_models.py").symlink_to(TESTS / "tiny_models.py")
+    for name in TEST_NODE_FILES if test_nodes else ():
+        (base / "custom_nodes" / name).symlink_to(HERE / name)
     return base
 
 
@@ -125,7 +130,8 @@ class PromptRun:
 
 
 class InProcessHost:
-    """ComfyUI imported into this process with the extension loaded (DESIGN §6, "In-process")."""
+    """ComfyUI imported into this process with the extension loaded (ComfyUI first on sys.path, its
+    utils.extra_config before its nodes, then the extension as a custom node)."""
 
     def __init__(self, comfy_dir, base):
         self.dir = Path(comfy_dir)
@@ -137,7 +143,7 @@ class InProcessHost:
         comfy.options.enable_args_parsing(False)  # keep pytest's argv away from ComfyUI's parser
         import comfy.cli_args
 
-        comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.cpu = os.environ.get(HOST_DEVICE_ENV) != "cuda"
         comfy.cli_args.args.base_directory = str(self.base)  # read once, when folder_paths is imported
         import utils.extra_config  # noqa: F401  (ComfyUI imports it before nodes; nodes relies on that order)
         import nodes
@@ -160,9 +166,16 @@ class InProcessHost:
         self.extension_module = sys.modules.get(str(self.extension_path).replace(".", "_x_"))
         self.extension_nodes = {name: cls for name, cls in nodes.NODE_CLASS_MAPPINGS.items()
                                 if name not in self.stock_node_types}
-        test_nodes = self.base / "custom_nodes" / "tiny_models.py"
-        if not asyncio.run(nodes.load_custom_node(str(test_nodes), module_parent="custom_nodes")):
-            raise RuntimeError(f"ComfyUI could not load the test nodes in {test_nodes}")
+        for name in TEST_NODE_FILES:
+            test_nodes = self.base / "custom_nodes" / name
+            if not asyncio.run(nodes.load_custom_node(str(test_nodes), module_parent="custom_nodes")):
+                raise RuntimeError(f"ComfyUI could not load the test nodes in {test_nodes}")
+
+    def module(self, name):
+        """The extension's module `name` (e.g. "bridge.upscale") as ComfyUI loaded it."""
+        import importlib
+
+        return importlib.import_module(f"{self.extension_module.__name__}.{name}")
 
     @staticmethod
     def graph():
@@ -256,7 +269,7 @@ def build_upscale_prompt(graph, input_types, image_name, scale_by, family="sd3",
     input_types(class_type) gives INPUT_TYPES (in process) or object_info[...]["input"] (server); inputs
     not named here keep the node's defaults. Returns (prompt, id of the upscale node, id of SaveImage).
     """
-    import tiny_models
+    from . import tiny_models
 
     model = graph.node("UNETLoader", unet_name=tiny_models.MODEL_FILES[family], weight_dtype="default")
     vae = graph.node("VAELoader", vae_name=tiny_models.VAE_FILES[tiny_models.FAMILIES[family]["latent_channels"]])
@@ -369,6 +382,24 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def history_error(entry):
+    """The execution_error message of a /history entry, or None."""
+    for event, data in entry["status"]["messages"]:
+        if event == "execution_error":
+            return data
+    return None
+
+
+def failure_report(entry, log_tail: str = "") -> str:
+    """What went wrong in a /history entry, readable in an assertion message: the failing node, the exception
+    and its traceback (pytest cuts a dict short before them), else the server log's tail."""
+    error = history_error(entry)
+    if error is None:
+        return log_tail
+    return (f"node {error.get('node_id')} ({error.get('node_type')}): {error.get('exception_type')}: "
+            f"{error.get('exception_message')}\n" + "".join(error.get("traceback") or []))
+
+
 class ServerError(AssertionError):
     def __init__(self, status, body):
         super().__init__(f"HTTP {status}: {body}")
@@ -376,15 +407,16 @@ class ServerError(AssertionError):
 
 
 class ComfyServer:
-    """`python main.py --cpu ...` on 127.0.0.1 with an isolated base directory; stop() always kills it."""
+    """`python main.py --cpu ...` on 127.0.0.1 with an isolated base directory; stop() always kills it.
+    `python` runs it (default: this interpreter); `env` updates its environment."""
 
-    def __init__(self, comfy_dir, base, ready_timeout=90.0):
+    def __init__(self, comfy_dir, base, ready_timeout=90.0, python=sys.executable, env=None):
         self.dir, self.base = Path(comfy_dir), Path(base)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.base / "server.log"
         command = [
-            sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            str(python), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
             "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base),
             "--output-directory", str(self.base / "output"), "--input-directory", str(self.base / "input"),
             "--temp-directory", str(self.base / "temp"), "--user-directory", str(self.base / "user"),
@@ -392,7 +424,7 @@ class ComfyServer:
         ]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, cwd=self.dir, stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         try:
             self._wait_ready(ready_timeout)
         except BaseException:
@@ -446,6 +478,10 @@ class ComfyServer:
                 raise RuntimeError(f"ComfyUI died while running {prompt_id}:\n{self.log_tail()}")
             time.sleep(0.2)
         raise TimeoutError(f"prompt {prompt_id} did not finish within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def run(self, prompt, timeout=120.0):
+        """Queue `prompt` and wait for its /history entry."""
+        return self.wait_history(self.queue_prompt(prompt), timeout)
 
     def view(self, image):
         """Bytes of an image listed in /history outputs ({"filename", "subfolder", "type"})."""

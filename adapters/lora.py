@@ -28,6 +28,7 @@ which LoRA browsers read).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -38,17 +39,17 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import cast_adapter_dtype
 
-from .checkpoint import atomic_write, load_tensors, save_tensors
+from ..files.atomic import atomic_write
+from ..files.tensors import load_tensors, save_tensors
+from .formats import PEFT_CONFIG
 
 ADAPTER = "default"  # peft's adapter name; one adapter per network
 METADATA_KEY = "onestep_sr_lora"
 FILE_FORMATS = ("comfy", "peft")
-# Where FlowMapSRNet sits in the ComfyUI model that nodes/default_model_node.py builds.
+# Where FlowMapSRNet sits in the ComfyUI model that bridge/default_model.py builds.
 COMFY_DEFAULT_MODEL_PREFIX = "diffusion_model.net."
-COMFY_NATIVE_PREFIX = "diffusion_model."
 PEFT_PREFIX = "base_model.model."
 PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
 # The default model's residual-block convolutions and time projections (diffusers ResnetBlock2D names).
 DEFAULT_TARGETS = ("conv1", "conv2", "time_emb_proj")
 # Attention and MLP Linear layers of ComfyUI's native diffusion models: FLUX (double blocks' qkv / proj /
@@ -230,7 +231,7 @@ def read_lora(path: str | os.PathLike) -> tuple[LoraSpec, dict[str, tuple[torch.
     info = metadata.get(METADATA_KEY)
     if info is None:
         raise ValueError(f"{weights_path} has no {METADATA_KEY!r} metadata: it was not written by "
-                         "onestep_sr.training.lora.save_lora (load other LoRA files with the "
+                         "onestep_sr.adapters.lora.save_lora (load other LoRA files with the "
                          "'Load SR Adapter' node)")
     prefix = info["key_prefix"]
     names = ((".lora_down.weight", ".lora_up.weight") if info["file_format"] == "comfy"
@@ -270,3 +271,14 @@ def load_lora(net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
                                      f"network needs {tuple(target.shape)}")
                 target.copy_(value)
     return net
+
+
+def merged_lora(net: torch.nn.Module, path: str | os.PathLike, strength: float = 1.0) -> torch.nn.Module:
+    """A copy of the plain network `net` with the adapter at `path` merged into its weights at
+    `strength` (W + strength * alpha / rank * B A, as ComfyUI's LoRA loaders patch a MODEL): the
+    same layers as `net`, so the adapter costs nothing at inference."""
+    merged = load_lora(copy.deepcopy(net), path)
+    set_strength(merged, strength)
+    for layer in lora_layers(merged).values():
+        layer.merge(adapter_names=[ADAPTER])
+    return remove_lora(merged)

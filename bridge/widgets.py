@@ -1,15 +1,20 @@
-"""Input specs shared by several nodes, so each widget is defined (and explained) once."""
+"""The nodes' widget specs whose choices or defaults come from the core, and those several nodes share:
+each widget is defined (and explained) once."""
 
-from ..processing import COLOUR_METHODS
-from ..samplers import FAMILIES, START_MODES
+from ..adapters.formats import ADAPTER_FORMATS
+from ..processing.colour import COLOUR_METHODS
+from ..processing.tiling import MIN_OVERLAP_PX
+from ..samplers.flow_map import FAMILIES
+from ..samplers.guidance import DEFAULT_NEGATIVE_PROMPT, DEFAULT_POSITIVE_PROMPT
+from ..samplers.start import START_MODES
+from ..training.discriminators import DISCRIMINATORS
 
 FAMILY_CHOICES = ["auto", *FAMILIES]
 UPSCALE_METHODS = ["bicubic", "lanczos", "bilinear", "area", "nearest-exact"]
 
 FAMILY = (FAMILY_CHOICES, {"default": "auto", "tooltip": (
     "How the MODEL takes the jump's two times: auto = the model's own; plain = t only (flow-matching or "
-    "one-step LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow maps, "
-    "dual_branch = t on noise tokens, s on condition tokens.")})
+    "one-step LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow maps.")})
 START_MODE = (list(START_MODES), {"default": "lr", "tooltip": (
     "Where sampling starts: lr = the LR latent at t = 1 (FlowSR); lr_at_T = the LR latent at the schedule's "
     "start time (FluxSR); noise = pure noise, LR as condition; noised_lr = LR latent noised to the start time "
@@ -37,3 +42,26 @@ VAE_TILE_SIZE = ("INT", {"default": 1024, "min": 0, "max": 8192, "step": 64, "to
 COLOUR_METHOD = (list(COLOUR_METHODS), {"default": "wavelet", "tooltip": (
     "Match the output's colours to the LR image: wavelet takes the LR's low frequencies and keeps the output's "
     "detail; adain / lab match per-channel mean and std (in RGB / CIELAB); none leaves it.")})
+TILE_OVERLAP = ("INT", {"default": 0, "min": 0, "max": 1024, "step": 8, "tooltip": (
+    f"Overlap of neighbouring tiles in output pixels, blended with a cosine ramp; 0 = automatic ({MIN_OVERLAP_PX} px, "
+    "rounded up to whole latent cells).")})
+ADAPTER_FORMAT = (["auto", *ADAPTER_FORMATS], {"default": "auto",
+                                             "tooltip": "The file's layout; auto detects it from keys and metadata."})
+DISCRIMINATOR = (list(DISCRIMINATORS), {"default": "patch", "tooltip": (
+    "features: light heads on the frozen base network; patch: a small PatchGAN on the image.")})
+POSITIVE_PROMPT = ("STRING", {"multiline": True, "default": DEFAULT_POSITIVE_PROMPT,
+                              "tooltip": "What a good HR image looks like."})
+NEGATIVE_PROMPT = ("STRING", {"multiline": True, "default": DEFAULT_NEGATIVE_PROMPT,
+                              "tooltip": "What SR should steer away from."})
+TILE_SIZE = ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8, "tooltip": (
+    "Sample in tiles of this many output pixels (blended over the tile overlap); 0 = automatic: as large as "
+    "ComfyUI's free memory allows for this model (one tile when the image fits). Halved on out-of-memory.")})
+REALISM = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": (
+    "OneStep SR default model: 0 = the faithful output; up to 1 = its realism adapter at that strength (more natural "
+    "texture, a little less fidelity). The same as the stock LoraLoaderModelOnly with onestep_sr_realism.safetensors.")})
+
+
+def widget_defaults(input_types: dict) -> dict:
+    """{name: default} of the widgets (inputs whose options give a default) in a node's INPUT_TYPES."""
+    return {name: spec[1]["default"] for section in ("required", "optional")
+            for name, spec in input_types.get(section, {}).items() if len(spec) == 2 and "default" in spec[1]}

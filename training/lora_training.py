@@ -1,0 +1,74 @@
+"""LoRA fine-tuning of a base network with any objective of training/objectives.py (the realism
+adapters); training/adversarial.py adds a discriminator to it.
+
+    trainer = LoRATrainer(base_net, LoraSpec(rank=8), make_objective("perceptual"), batches,
+                          TrainConfig(output_dir="runs/realism", steps=300))
+    trainer.train()                                   # the project's Trainer: progress, resume, EMA
+    trainer.export("realism.safetensors")             # ComfyUI LoRA keys (adapters/lora.py)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from torch import nn
+
+from ..adapters.lora import COMFY_DEFAULT_MODEL_PREFIX, LoraSpec, add_lora, lora_layers, save_lora
+from .objectives import objective_options
+from .trainer import TrainConfig, Trainer, seeded_rng
+
+
+class LoRATrainer(Trainer):
+    """The project's Trainer on `net` carrying a fresh LoRA of `spec` (its base frozen): the same
+    progress, checkpoints, resume, EMA and accelerate support; `export` writes the (EMA) adapter.
+
+    metadata: recorded in checkpoints and in exported LoRA files (base model, data, command).
+    Subclasses train a module built around the LoRA network (`trained_module`, `lora_network`).
+    """
+
+    def __init__(self, net: nn.Module, spec: LoraSpec, objective, batches, config: TrainConfig,
+                 metadata: dict | None = None):
+        with seeded_rng(config.seed):  # the LoRA's A (and whatever trained_module adds) start the same every run
+            add_lora(net, spec)
+            module = self.trained_module(net)
+        self.spec = spec
+        super().__init__(module, objective, batches, config,
+                         metadata={**(metadata or {}), "lora": dataclasses.asdict(spec), **self.recipe_extras()})
+
+    def trained_module(self, net: nn.Module) -> nn.Module:
+        """The module the trainer optimises, around the LoRA-carrying `net`."""
+        return net
+
+    def recipe_extras(self) -> dict:
+        """What `trained_module` adds to the recipe."""
+        return {}
+
+    def lora_network(self, module: nn.Module) -> nn.Module:
+        """The LoRA-carrying network inside a trained module."""
+        return module
+
+    @property
+    def generator(self) -> nn.Module:
+        """The LoRA-carrying network being trained (the SR generator)."""
+        return self.lora_network(self.net)
+
+    def recipe(self) -> dict:
+        """What made this adapter: objective and its options, training config, step, metadata."""
+        return {**self.metadata, "objective": self.objective.name,
+                "objective_options": objective_options(self.objective),
+                "config": dataclasses.asdict(self.config), "step": self.step}
+
+    def export(self, path: str | Path, file_format: str = "comfy", prefix: str = COMFY_DEFAULT_MODEL_PREFIX,
+               ema: bool = True, overwrite: bool = False) -> Path:
+        """Write the adapter (the EMA network's by default) with the recipe as metadata."""
+        if ema and self.ema_net is None:
+            raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
+        source = self.lora_network(self.ema_net if ema else self.net)
+        if not lora_layers(source):
+            raise RuntimeError("the generator lost its LoRA layers")
+        if not self.is_main_process:
+            return Path(path)
+        return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix,
+                         metadata={"recipe": self.recipe(), "weights": "ema" if ema else "raw"},
+                         overwrite=overwrite)
