@@ -48,7 +48,8 @@ IMAGE_OBJECTIVES = {"perceptual", "tv_lpips"}
 
 
 def _batch(problem, n=4096, seed=0):
-    return problem.sample(n, 2, torch.Generator().manual_seed(seed))
+    batch = problem.sample(n, 2, torch.Generator().manual_seed(seed))
+    return {**batch, "lr": 0.5 * batch["x0"] + 0.3}  # an LR latent for ftd; the other objectives ignore it
 
 
 def _evaluate(name, options, problem, bend, batch):
