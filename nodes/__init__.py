@@ -1,6 +1,7 @@
 """ComfyUI node registry of OneStep SR: node classes only, over bridge/ (the maths lives in the core)."""
 
 from ..bridge.default_model import register_model_folder
+from .ftd_nodes import OneStepSRTeacherPairs, OneStepSRTrainFTDLoRA
 from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
 from .loader_nodes import OneStepSRLoadAdapter, OneStepSRLoadModel
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
@@ -14,6 +15,8 @@ NODE_CLASS_MAPPINGS = {
     "OneStepSR_LoadModel": OneStepSRLoadModel,
     "OneStepSR_LoadAdapter": OneStepSRLoadAdapter,
     "OneStepSR_TrainLoRA": OneStepSRTrainLoRA,
+    "OneStepSR_TeacherPairs": OneStepSRTeacherPairs,
+    "OneStepSR_TrainFTDLoRA": OneStepSRTrainFTDLoRA,
     "OneStepSR_Conditioning": OneStepSRConditioning,
     "OneStepSR_Decode": OneStepSRDecode,
     "OneStepSR_Prompts": OneStepSRPrompts,
@@ -31,6 +34,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_LoadModel": "Load OneStep SR Model",
     "OneStepSR_LoadAdapter": "Load SR Adapter",
     "OneStepSR_TrainLoRA": "Train SR LoRA",
+    "OneStepSR_TeacherPairs": "OneStep SR Teacher Pairs",
+    "OneStepSR_TrainFTDLoRA": "OneStep SR Train FTD LoRA",
     "OneStepSR_Conditioning": "OneStep SR Conditioning",
     "OneStepSR_Decode": "OneStep SR Decode",
     "OneStepSR_Prompts": "OneStep SR Prompts",

@@ -8,7 +8,8 @@ and its answer is known: z_H = (z_L - 0.3) / 0.5). The student is a small MLP, o
 T_L: ẑ_H = z_L - T_L u_φ(z_L, T_L).
 """
 
-import math
+import importlib
+import shutil
 
 import pytest
 import torch
@@ -101,3 +102,67 @@ def test_the_one_step_student_reaches_the_teachers_20_step_result(tmp_path):
           f"(margin {MARGIN}); sign -1 {wrong_start:.4f} -> {wrong_end:.4f}")
     assert end < MARGIN < start
     assert wrong_end > 50 * MARGIN  # the other reading of the figure is not the identity
+
+
+# ---------------------------------------------------------------- attention diversification (tiny FLUX, host)
+
+
+def test_mean_pairwise_cosine_known_answers():
+    from onestep_sr.training.attention_diversity import mean_pairwise_cosine
+
+    same = torch.ones(1, 5, 3)  # all tokens equal: 1
+    orthogonal = torch.eye(4)[None]  # mutually orthogonal: 0
+    opposite = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])  # one pair, cosine -1
+    assert mean_pairwise_cosine(same).item() == pytest.approx(1.0)
+    assert mean_pairwise_cosine(orthogonal).item() == pytest.approx(0.0, abs=1e-7)
+    assert mean_pairwise_cosine(opposite).item() == pytest.approx(-1.0)
+    tokens = torch.randn(2, 7, 5, generator=torch.Generator().manual_seed(0))
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    brute = torch.stack([(unit[b] @ unit[b].T - torch.eye(7)).sum() / 42 for b in range(2)])
+    assert torch.allclose(mean_pairwise_cosine(tokens), brute, atol=1e-6)
+
+
+BLOCKS = "double_blocks.0,single_blocks.0"
+
+
+def token_similarity(package, model, positive, z):
+    """Mean token similarity of the hooked blocks of `model` (its LoRA patches applied) at sigma T_L."""
+    import comfy.model_management
+
+    native = importlib.import_module(f"{package}.bridge.native_training")
+    hooks = importlib.import_module(f"{package}.training.attention_diversity")
+    comfy.model_management.load_models_gpu([model])
+    net = native.NativeFlowNet(model.model, native.model_conditioning(model, positive, z))
+    t = torch.full((z.shape[0],), LR_TIME)
+    with torch.no_grad(), hooks.TokenSimilarity(net, BLOCKS.split(",")) as similarity:
+        net(z, t, torch.zeros_like(t))
+    return similarity.value().item()
+
+
+@pytest.mark.slow
+def test_attention_diversification_lowers_token_similarity_on_tiny_flux(comfy_host):
+    package = comfy_host.extension_module.__name__
+    pairs_bridge = importlib.import_module(f"{package}.bridge.teacher_pairs")
+    ftd = importlib.import_module(f"{package}.bridge.ftd_training")
+    from onestep_sr.testing import tiny_models
+
+    with torch.inference_mode():
+        model = tiny_models.build_model("flux")
+    positive = tiny_models.conditioning("flux")
+    shutil.rmtree(pairs_bridge.pairs_folder("adl_pairs"), ignore_errors=True)
+    with torch.inference_mode():
+        pairs_bridge.teacher_pairs(model, tiny_models.build_vae(16), positive, tiny_models.conditioning("flux", seed=1),
+                                   {"samples": torch.zeros(1, 16, 16, 16)}, "adl_pairs", 8, 0, 4, 1.0, "euler",
+                                   "simple", 4)
+    z = torch.randn(4, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    base = token_similarity(package, model, positive, z)
+    results = {}
+    for weight in (0.0, 1.0):
+        with torch.inference_mode():
+            tuned, _, _ = ftd.train_ftd_lora(model, "adl_pairs", f"adl_{weight:g}", 40, 4, 8, 3e-3, LR_TIME, "+1",
+                                             weight, 0, overwrite=True, positive=positive,
+                                             diversification_blocks=BLOCKS)
+        results[weight] = token_similarity(package, tuned, positive, z)
+    print(f"\ntoken similarity on tiny FLUX ({BLOCKS}): base {base:.4f}, FTD alone {results[0.0]:.4f}, "
+          f"FTD + diversification (weight 1) {results[1.0]:.4f}")
+    assert results[1.0] < 0.8 * results[0.0]  # measured 0.0313 -> 0.0181 (-42 %)
