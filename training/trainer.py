@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..files.tensors import load_tensors, prefixed, save_tensors, unprefixed
 from ..models.precision import native_bf16
 from .checkpoint import FORMAT, flatten_optimizer, unflatten_optimizer
+from .checkpointing import JVP_OBJECTIVES, checkpoint_blocks
 from .ema import make_ema, update_ema
 from .objectives import make_objective, objective_options
 from .plotting import loss_curve
@@ -62,6 +63,7 @@ class TrainConfig:
     resume: bool = True               # continue from output_dir's checkpoint when there is one
     cpu: bool = False                 # train on the CPU even if a GPU is present
     progress: bool = True             # tqdm bar (main process only)
+    gradient_checkpointing: str = ""  # "" off; "auto" or block paths: torch.utils.checkpoint on them (checkpointing.py)
 
     def __post_init__(self):
         checks = {"steps": self.steps >= 1, "grad_accumulation": self.grad_accumulation >= 1,
@@ -136,6 +138,13 @@ class Trainer:
         # start equal (`_broadcast_state`) and averages gradients itself (`_average_gradients`).
         self.net = net.to(self.accelerator.device)
         self.ema_net = None if config.ema_decay is None else make_ema(self.net)
+        if config.gradient_checkpointing:  # after the EMA copy: the copy keeps its blocks' own forward
+            if self.objective.name in JVP_OBJECTIVES:
+                raise ValueError(f"gradient_checkpointing cannot be combined with {self.objective.name!r}: it "
+                                 "differentiates the network by torch.func.jvp, whose dual tensors checkpoint's recomputation "
+                                 "does not replay (torch raises CheckpointError: a different number of tensors saved in "
+                                 "forward and recomputation); train it without checkpointing")
+            self.checkpointed_blocks = checkpoint_blocks(self.net, config.gradient_checkpointing)
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("the network has no parameter that requires grad: nothing to train")
