@@ -36,10 +36,23 @@ from .checkpointing import JVP_OBJECTIVES, checkpoint_blocks
 from .ema import make_ema, update_ema
 from .objectives import make_objective, objective_options
 from .plotting import loss_curve
+from .processes import average_gradients, broadcast_state
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOSS_CURVE_NAME = "loss_curve.png"
 LR_SCHEDULES = ("constant", "cosine")
+ENGINES = ("manual", "accelerate")
+# Objectives engine "accelerate" refuses on several processes, with what torch 2.14 / accelerate 1.16 raised
+# when DDP's forward ran inside torch.func.jvp (tests/test_engine_parallel.py; the manual engine trains them).
+_DDP_COPY = ("DistributedDataParallel's forward inside torch.func.jvp fails (RuntimeError: During a grad (vjp, jvp, "
+             "grad, etc) transform, the function provided attempted to call in-place operation (aten::copy_) that "
+             "would mutate a captured Tensor)")
+ENGINE_REFUSED = {
+    "meanflow": _DDP_COPY, "lagrangian": _DDP_COPY,
+    "eulerian": ("DistributedDataParallel's forward inside torch.func.jvp fails (RuntimeError: Cannot access data "
+                 "pointer of Tensor that doesn't have storage)"),
+    "adversarial_lora": "it reads the generator and discriminator inside the module it trains, which the wrapper hides",
+}
 # Metadata keys the trainer writes itself; the caller's metadata may not use them.
 RESERVED_METADATA = ("format", "step", "objective", "objective_options", "config", "optimizer", "precision")
 
@@ -64,18 +77,20 @@ class TrainConfig:
     cpu: bool = False                 # train on the CPU even if a GPU is present
     progress: bool = True             # tqdm bar (main process only)
     gradient_checkpointing: str = ""  # "" off; "auto" or block paths: torch.utils.checkpoint on them (checkpointing.py)
+    engine: str = "manual"            # "manual": broadcast + all-reduce here (processes.py); "accelerate": the net is
+                                      # prepared by accelerate (DDP, or FSDP / DeepSpeed from the launch config)
 
     def __post_init__(self):
         checks = {"steps": self.steps >= 1, "grad_accumulation": self.grad_accumulation >= 1,
                   "lr": self.lr > 0, "checkpoint_every": self.checkpoint_every >= 0,
                   "ema_decay": self.ema_decay is None or 0.0 <= self.ema_decay <= 1.0,
                   "mixed_precision": self.mixed_precision in ("auto", "no", "bf16", "fp16"),
-                  "lr_schedule": self.lr_schedule in LR_SCHEDULES}
+                  "lr_schedule": self.lr_schedule in LR_SCHEDULES, "engine": self.engine in ENGINES}
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid TrainConfig field(s) {bad}: steps, grad_accumulation >= 1; "
                              "lr > 0; checkpoint_every >= 0; ema_decay in [0, 1]; "
-                             f"mixed_precision in auto/no/bf16/fp16; lr_schedule in {LR_SCHEDULES}")
+                             f"mixed_precision in auto/no/bf16/fp16; lr_schedule in {LR_SCHEDULES}; engine in {ENGINES}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step `step` (0-based): a function of the step alone,
@@ -133,9 +148,9 @@ class Trainer:
             precision = "bf16" if native_bf16("cpu" if cpu else "cuda") else "no"  # see models/precision.py
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-        # The net is not wrapped in DistributedDataParallel: DDP's forward cannot run inside
-        # torch.func.jvp (MeanFlow, Lagrangian, Eulerian), so the trainer makes the processes
-        # start equal (`_broadcast_state`) and averages gradients itself (`_average_gradients`).
+        # engine "manual" leaves the net unwrapped (DDP's forward cannot run inside torch.func.jvp: MeanFlow,
+        # Lagrangian, Eulerian): the processes start equal (`_broadcast_state`) and average gradients here
+        # (`_average_gradients`). Engine "accelerate" calls the objective on accelerate's wrapper of the net.
         self.net = net.to(self.accelerator.device)
         self.ema_net = None if config.ema_decay is None else make_ema(self.net)
         if config.gradient_checkpointing:  # after the EMA copy: the copy keeps its blocks' own forward
@@ -150,7 +165,12 @@ class Trainer:
             raise ValueError("the network has no parameter that requires grad: nothing to train")
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=tuple(config.betas),
                                       weight_decay=config.weight_decay)
-        self.optimizer = self.accelerator.prepare(optimizer)
+        self.engine_net = self.net
+        if config.engine == "accelerate":
+            self._check_engine()
+            self.engine_net, self.optimizer = self.accelerator.prepare(self.net, optimizer)
+        else:
+            self.optimizer = self.accelerator.prepare(optimizer)
         self._broadcast_state()
         self.batches = batches
         if isinstance(batches, torch.utils.data.DataLoader):
@@ -176,37 +196,19 @@ class Trainer:
 
     # ---------------------------------------------------------------- processes
 
-    def _broadcast_state(self) -> None:
-        """Every process starts from rank 0's weights and buffers (EMA included)."""
-        if self.accelerator.num_processes == 1:
-            return
-        with torch.no_grad():
-            for module in filter(None, (self.net, self.ema_net)):
-                for tensor in [*module.parameters(), *module.buffers()]:
-                    torch.distributed.broadcast(tensor.data, src=0)
+    def _check_engine(self) -> None:
+        """The objectives engine "accelerate" cannot run (see ENGINE_REFUSED)."""
+        reason = ENGINE_REFUSED.get(self.objective.name)
+        if reason and self.accelerator.num_processes > 1:
+            raise ValueError(f"engine 'accelerate' cannot train {self.objective.name!r}: {reason}; use engine 'manual' "
+                             "(the trainer's own broadcast and all-reduce, which trains every objective)")
 
-    def _average_gradients(self, bucket_elements: int = 1 << 24) -> None:
-        """All-reduce the gradients to their mean over processes, in flat buckets."""
-        world = self.accelerator.num_processes
-        if world == 1:
-            return
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        for p in params:  # a parameter unused on one rank must still take part in the reduction
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        bucket, size = [], 0
-        for i, p in enumerate(params):
-            bucket.append(p.grad)
-            size += p.grad.numel()
-            if size >= bucket_elements or i == len(params) - 1:
-                flat = torch.cat([g.reshape(-1) for g in bucket])
-                torch.distributed.all_reduce(flat)
-                flat /= world
-                offset = 0
-                for g in bucket:
-                    g.copy_(flat[offset:offset + g.numel()].view_as(g))
-                    offset += g.numel()
-                bucket, size = [], 0
+    def _broadcast_state(self) -> None:
+        broadcast_state((self.net, self.ema_net), self.accelerator.num_processes)
+
+    def _average_gradients(self) -> None:
+        if self.config.engine == "manual":  # the engine's wrapper (DDP, FSDP, DeepSpeed) reduces them itself
+            average_gradients(self.net, self.accelerator.num_processes)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -326,7 +328,7 @@ class Trainer:
         batch = {k: (v.to(self.accelerator.device) if isinstance(v, torch.Tensor) else v)
                  for k, v in batch.items()}
         with self.accelerator.autocast():
-            loss, logs = self.objective(self.net, batch, ema_net=self.ema_net, generator=self.rng)
+            loss, logs = self.objective(self.engine_net, batch, ema_net=self.ema_net, generator=self.rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the {self.objective.name} loss is {loss.item()} at step {self.step}: "
                                      "lower the learning rate or check the data")
