@@ -11,7 +11,9 @@ Sections, side by side on the same inputs and weights:
 3. guidance cost: positive/negative guidance vs none (evaluations counted, time ratio);
 4. scaling: time and peak memory for x4 outputs 256^2 ... 4096^2 (tiled), fitted exponent;
 5. quality: the default model vs bicubic and Real-ESRGAN x4plus on the held-out photos:
-   PSNR, SSIM, NIQE, seconds per output megapixel.
+   PSNR, SSIM, NIQE, seconds per output megapixel;
+6. training memory: self-adversarial vs teacher + student + discriminator LoRA training on tiny FLUX and
+   Qwen-Image (benchmarks/memory.py, also runnable alone), and its full-size prediction.
 --quick runs a smaller version of every section (outputs up to 1024^2, fewer photos, fewer
 repeats) and writes to benchmarks/results/quick/ instead.
 Timings are wall-clock seconds on whatever else the machine runs: the load average is recorded.
@@ -37,6 +39,7 @@ if str(HERE) not in sys.path:
 import comfy_sections  # noqa: E402
 import default_model_quality as quality  # noqa: E402
 import gpu  # noqa: E402
+import memory  # noqa: E402
 import plots as figures  # noqa: E402
 import scaling  # noqa: E402
 from metrics import niqe_metric  # noqa: E402
@@ -259,6 +262,9 @@ def report(info: dict, results: dict, plan_name: str, plots: dict) -> str:
     for note in quality_result["notes"]:
         lines.append(f"- {note}")
     lines += ["", f"Per-photo figures and every timing run: `{results['json']}`.", ""]
+    if "memory" in results:  # section 6: benchmarks/memory.py's report under this file's numbering
+        body = memory.markdown(results["memory"]).split("\n", 1)[1].replace("\n## ", "\n### ")
+        lines += ["## 6. Training memory: self-adversarial vs teacher + student + discriminator", body]
     return "\n".join(lines)
 
 
@@ -309,6 +315,8 @@ def main(argv=None) -> int:
         log("3. guidance cost")
         guidance = comfy_sections.guidance_cost(session, plan["guidance_side"], plan["guidance_steps"],
                                                 plan["guidance_repeats"])
+        log("6. training memory")
+        memory_result = memory.collect(session.host, args.threads)
     finally:
         session.close()
     log("4. scaling")
@@ -323,12 +331,13 @@ def main(argv=None) -> int:
     exponent = scaling.fitted_exponent(scale_rows)
     figures.scaling_plot(scale_rows, exponent, plots["scaling"])
     figures.quality_plot(quality_result["summary"], plots["quality"])
+    memory.write(memory_result, results_dir)
     results = {
         "overhead": overhead, "steps": {"keys": list(plan["steps_keys"]), "size": plan["steps_size"], "methods": steps},
         "guidance": guidance, "scaling": scale_rows, "scaling_tile": tile, "exponent": exponent,
         "exponent_processed": scaling.fitted_exponent(scale_rows, lambda row: row["processed_output_pixels"]),
         "exponent_cpu": scaling.fitted_exponent(scale_rows, seconds="cpu_seconds"),
-        "quality": quality_result, "weights": str(weights), "weights_sha256": sha256_prefix(weights),
+        "quality": quality_result, "memory": memory_result, "weights": str(weights), "weights_sha256": sha256_prefix(weights),
         "weights_step": read_metadata(weights).get("step"),
         "comfyui_version": comfyui_version(), "load_end": round(os.getloadavg()[0], 2),
         "total_seconds": time.perf_counter() - started,

@@ -21,6 +21,7 @@ import torch
 FAMILIES = {
     "flux": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
     "sd3": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
+    "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
     "sd2": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "sd2_v": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
 }
@@ -69,6 +70,14 @@ def _model_config(family):
             "context_in_dim": FAMILIES["flux"]["context_dim"], "vec_in_dim": FAMILIES["flux"]["pooled_dim"],
         }
         return comfy.supported_models.Flux(unet_config), None
+    if family == "qwen_image":
+        # Qwen-Image's MMDiT from ComfyUI's own classes: 2 blocks of 2 heads of 16 channels (rope axes 4 + 6 + 6)
+        unet_config = {
+            "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
+            "attention_head_dim": 16, "num_attention_heads": 2, "axes_dims_rope": [4, 6, 6],
+            "joint_attention_dim": FAMILIES["qwen_image"]["context_dim"],
+        }
+        return comfy.supported_models.QwenImage(unet_config), None
     if family == "sd3":
         # exactly what comfy.model_detection.detect_unet_config reads back from the saved file
         unet_config = {
