@@ -37,7 +37,7 @@ from onestep_sr.training.lora_training import LoRATrainer
 from onestep_sr.training.objectives import OBJECTIVES, make_objective
 from onestep_sr.training.photos import CropSampler, write_manifest
 from onestep_sr.training.sr_data import SCALES, sr_batches
-from onestep_sr.training.trainer import TrainConfig
+from onestep_sr.training.trainer import ENGINES, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BASE = REPO / "weights" / "onestep_sr_default.safetensors"
@@ -84,6 +84,11 @@ def main(argv=None) -> int:
     parser.add_argument("--export-format", choices=FILE_FORMATS, default="comfy")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --export file")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--engine", choices=ENGINES, default="manual",
+                        help="manual: the trainer's own all-reduce (every objective); accelerate: the net wrapped by "
+                             "accelerate (DDP, or FSDP / DeepSpeed with configs/accelerate/*.yaml; see TRAINING.md)")
+    parser.add_argument("--gradient-checkpointing", default="",
+                        help="'auto' or block paths: recompute those blocks' activations in the backward")
     args = parser.parse_args(argv)
     if args.crop % max(SCALES):
         parser.error(f"--crop must be a multiple of {max(SCALES)}, got {args.crop}")
@@ -112,7 +117,8 @@ def main(argv=None) -> int:
             parser.error(f"--objective-options for {args.objective}: {error}")
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, engine=args.engine,
+                         gradient_checkpointing=args.gradient_checkpointing)
     command = "python scripts/train_adapter.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     metadata = {"family": net.family, "base_model": base.name, "base_model_sha256": file_sha256(base),
                 "data_manifest_hash": manifest["hash"], "training_command": command.strip(),

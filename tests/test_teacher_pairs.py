@@ -117,3 +117,21 @@ def test_ftd_lora_trains_on_the_pairs_and_loads_with_the_stock_loader(bridge, te
     assert os.path.exists(lora) and "6 steps on 4 teacher pairs" in report
     assert plot.ndim == 4 and plot.shape[-1] == 3
     assert tuned is not model and len(tuned.patches) > 0
+
+
+def test_the_ftd_workflows_training_nodes_validate_when_unmuted(comfy_host):
+    """The shipped FLUX FTD workflow mutes its training nodes (run once by hand); unmuted, they validate too."""
+    import json
+
+    from onestep_sr.testing import comfy_host as host_lib
+
+    workflow = json.loads((host_lib.WORKFLOWS / "onestep_sr_ftd_flux.json").read_text())
+    muted = {node["type"] for node in workflow["nodes"] if node.get("mode") == 2}
+    assert muted == {"OneStepSR_TeacherPairs", "OneStepSR_TrainFTDLoRA", "EmptySD3LatentImage"}
+    for node in workflow["nodes"]:
+        node["mode"] = 0
+    prompt = host_lib.workflow_to_prompt(workflow, comfy_host.input_types)
+    assert {"OneStepSR_TeacherPairs", "OneStepSR_TrainFTDLoRA"} <= {n["class_type"] for n in prompt.values()}
+    with comfy_host.placeholder_files(host_lib.referenced_files(prompt)):
+        valid, error, _, node_errors = comfy_host.validate(prompt)
+    assert valid and not node_errors, f"{error}\n{json.dumps(node_errors, indent=1)}"
