@@ -21,6 +21,7 @@ import torch
 from ..adapters.lora import lora_layers, remove_lora
 from ..files.images import read_image
 from ..processing.images import bchw_to_bhwc
+from ..training.checkpointing import release_blocks
 from ..training.ftd_objectives import FlowTrajectoryDistillation
 from ..training.lora_training import LoRATrainer
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
@@ -54,7 +55,8 @@ def model_space_pairs(base_model, pairs: dict) -> tuple[torch.Tensor, torch.Tens
 def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: int, rank: int, learning_rate: float,
                    lr_time: float, sign: int | str, diversification_weight: float, seed: int, overwrite: bool = False,
                    positive=None, alpha: float = 0.0, target_modules: str = "",
-                   diversification_blocks: str = "double_blocks.0,single_blocks.0", lr_fraction: float = 0.5):
+                   diversification_blocks: str = "double_blocks.0,single_blocks.0", lr_fraction: float = 0.5,
+                   gradient_checkpointing: bool = False):
     """(MODEL with the trained LoRA, loss plot IMAGE, report)."""
     check_flow_sampling(model)
     sign = int(sign)  # the node's "+1" / "-1"
@@ -67,7 +69,8 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
     data = read_pairs(folder)
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
     config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=None,
-                         checkpoint_every=max(1, steps // 10), progress=False)
+                         checkpoint_every=max(1, steps // 10), progress=False,
+                         gradient_checkpointing="auto" if gradient_checkpointing else "")
     comfy.model_management.load_models_gpu([model])
     base_model = model.model
     diffusion_model = base_model.diffusion_model
@@ -78,6 +81,7 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
         z_hr, noise, z_lr = model_space_pairs(base_model, data)
         net = NativeFlowNet(base_model, model_conditioning(model, positive, z_hr[:1]))
         unfrozen_inference_weights(diffusion_model)
+        trainer = None
         try:
             trainer = LoRATrainer(net, spec, objective, ftd_batches(z_hr, noise, z_lr, batch_size), config,
                                   metadata={"teacher_pairs": folder.name, "pairs": int(z_hr.shape[0]),
@@ -97,6 +101,8 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
             progress.update_absolute(steps, steps)
             trainer.export(target, prefix=LORA_KEY_PREFIX, ema=False, overwrite=overwrite)
         finally:
+            if trainer is not None:  # the MODEL's blocks get their own forward back
+                release_blocks(trainer.checkpointed_blocks)
             if lora_layers(net):
                 remove_lora(net)
             diffusion_model.train(was_training)

@@ -61,6 +61,7 @@ class OneStepSRTrainFTDLoRA:
             "target_modules": ("STRING", {"default": "", "tooltip": "Comma-separated module-name suffixes; empty: attention and MLP layers."}),
             "diversification_blocks": ("STRING", {"default": "double_blocks.0,single_blocks.0", "tooltip": "Blocks whose tokens the diversification term spreads (module-name suffixes)."}),
             "lr_fraction": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Share of each batch trained exactly at T_L (the rest between T_L and 1)."}),
+            "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Recompute the transformer blocks' activations in the backward pass: less memory, one more forward (FLUX's double blocks are left out)."}),
         }}
 
     RETURN_TYPES = ("MODEL", "IMAGE", "STRING")

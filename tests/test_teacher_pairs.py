@@ -110,9 +110,10 @@ def test_ftd_lora_trains_on_the_pairs_and_loads_with_the_stock_loader(bridge, te
     with torch.inference_mode():
         tuned, plot, report = bridge["ftd_training"].train_ftd_lora(
             model, "ftd_train", "ftd_tiny", 6, 2, 4, 1e-3, 0.5, "+1", 0.1, 0, overwrite=True,
-            positive=teacher["positive"])
+            positive=teacher["positive"], gradient_checkpointing=True)
     after = model.model.diffusion_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "the MODEL's own weights changed"
+    assert not any("forward" in m.__dict__ for m in model.model.diffusion_model.modules()), "a block kept its wrapper"
     lora = os.path.join(folder_paths.get_folder_paths("loras")[0], "ftd_tiny.safetensors")
     assert os.path.exists(lora) and "6 steps on 4 teacher pairs" in report
     assert plot.ndim == 4 and plot.shape[-1] == 3

@@ -153,6 +153,7 @@ class Trainer:
         # (`_average_gradients`). Engine "accelerate" calls the objective on accelerate's wrapper of the net.
         self.net = net.to(self.accelerator.device)
         self.ema_net = None if config.ema_decay is None else make_ema(self.net)
+        self.checkpointed_blocks = []
         if config.gradient_checkpointing:  # after the EMA copy: the copy keeps its blocks' own forward
             if self.objective.name in JVP_OBJECTIVES:
                 raise ValueError(f"gradient_checkpointing cannot be combined with {self.objective.name!r}: it "
