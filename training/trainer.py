@@ -205,7 +205,9 @@ class Trainer:
                              "(the trainer's own broadcast and all-reduce, which trains every objective)")
 
     def _broadcast_state(self) -> None:
-        broadcast_state((self.net, self.ema_net), self.accelerator.num_processes)
+        # under engine "accelerate" the wrapper syncs the net itself (and may have sharded it): only the EMA here
+        modules = (self.net, self.ema_net) if self.engine_net is self.net else (self.ema_net,)
+        broadcast_state(modules, self.accelerator.num_processes)
 
     def _average_gradients(self) -> None:
         if self.config.engine == "manual":  # the engine's wrapper (DDP, FSDP, DeepSpeed) reduces them itself
@@ -228,7 +230,11 @@ class Trainer:
 
     def _run_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         frozen = self._frozen_parameters()
-        return {k: v for k, v in module.state_dict().items() if k not in frozen}
+        if module is self.net and self.engine_net is not self.net:  # the engine gathers what it shards (FSDP, ZeRO)
+            state = self.accelerator.get_state_dict(self.engine_net)
+        else:
+            state = module.state_dict()
+        return {k: v for k, v in state.items() if k not in frozen}
 
     def _load_run_state(self, module: torch.nn.Module, state: dict[str, torch.Tensor], path) -> None:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -241,9 +247,10 @@ class Trainer:
         """Write net and EMA (without frozen parameters), optimizer state, loss history and metadata
         (main process; atomic)."""
         path = Path(path) if path is not None else self.checkpoint_path
+        net_state = self._run_state(self.net)  # on every process: an engine that shards the net gathers it
         if self.is_main_process:
             opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
-            tensors = {**prefixed("net", self._run_state(self.net)),
+            tensors = {**prefixed("net", net_state),
                        **(prefixed("ema", self._run_state(self.ema_net)) if self.ema_net is not None else {}),
                        **prefixed("optimizer", opt_tensors),
                        "history.loss": torch.tensor(self.losses, dtype=torch.float32)}
