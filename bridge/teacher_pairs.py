@@ -89,10 +89,16 @@ def tensor_digest(value) -> str:
 
 
 def model_identity(model) -> str:
-    """What tells teachers apart without hashing a multi-GB model: its class and the patches applied."""
+    """What tells teachers apart without hashing a multi-GB model: its classes, the patches applied (LoRAs) and
+    a digest of the first 4096 values of the first, middle and last weights (two checkpoints of one family
+    differ there)."""
     patches = sorted(str(key) for key in getattr(model, "patches", {}))
-    return f"{type(model.model).__name__}/{type(model.model.diffusion_model).__name__}/patches:" + \
-        hashlib.sha256("\n".join(patches).encode()).hexdigest()[:12]
+    tensors = list(model.model.diffusion_model.state_dict().items())
+    digest = hashlib.sha256("\n".join(patches).encode())
+    for name, tensor in [tensors[0], tensors[len(tensors) // 2], tensors[-1]] if tensors else []:
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    return f"{type(model.model).__name__}/{type(model.model.diffusion_model).__name__}/{digest.hexdigest()[:16]}"
 
 
 def pair_settings(model, vae, positive, negative, latent, seed, steps, cfg, sampler_name, scheduler, scale) -> dict:

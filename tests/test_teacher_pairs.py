@@ -84,6 +84,11 @@ def test_a_rerun_resumes_and_other_settings_are_refused_by_name(bridge, teacher)
     assert not list(folder.glob(".*.tmp")), "a temporary file was left behind"
     with pytest.raises(ValueError, match=r"steps: 20 there, 4 now.*another 'name'"):
         bridge["teacher_pairs"].teacher_pairs(**settings(teacher, "resume_check", steps=4))
+    with torch.inference_mode():
+        other = tiny_models.build_model("flux")
+        next(iter(other.model.diffusion_model.parameters())).add_(1.0)  # another checkpoint of the same family
+    with pytest.raises(ValueError, match="model: "):
+        bridge["teacher_pairs"].teacher_pairs(**settings(teacher, "resume_check", model=other))
     with pytest.raises(ValueError, match="positive"):
         bridge["teacher_pairs"].teacher_pairs(**settings(teacher, "resume_check",
                                                          positive=tiny_models.conditioning("flux", seed=9)))
