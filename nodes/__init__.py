@@ -2,7 +2,7 @@
 
 from ..bridge.default_model import register_model_folder
 from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
-from .loader_nodes import OneStepSRLoadAdapter, OneStepSRLoadModel
+from .loader_nodes import OneStepSRDualBranchPatch, OneStepSRLoadAdapter, OneStepSRLoadModel
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
                              OneStepSRSchedule)
 from .training_nodes import OneStepSRTrainLoRA
@@ -13,6 +13,7 @@ register_model_folder()
 NODE_CLASS_MAPPINGS = {
     "OneStepSR_LoadModel": OneStepSRLoadModel,
     "OneStepSR_LoadAdapter": OneStepSRLoadAdapter,
+    "OneStepSR_DualBranchPatch": OneStepSRDualBranchPatch,
     "OneStepSR_TrainLoRA": OneStepSRTrainLoRA,
     "OneStepSR_Conditioning": OneStepSRConditioning,
     "OneStepSR_Decode": OneStepSRDecode,
@@ -30,6 +31,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_LoadModel": "Load OneStep SR Model",
     "OneStepSR_LoadAdapter": "Load SR Adapter",
+    "OneStepSR_DualBranchPatch": "OneStep SR Dual-Branch Patch",
     "OneStepSR_TrainLoRA": "Train SR LoRA",
     "OneStepSR_Conditioning": "OneStep SR Conditioning",
     "OneStepSR_Decode": "OneStep SR Decode",

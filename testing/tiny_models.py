@@ -5,7 +5,7 @@ a comfy.model_patcher.ModelPatcher the way comfy.sd.load_diffusion_model_state_d
 it behaves like a MODEL from ComfyUI's loaders. The SD3 and SD2 models are also written as .safetensors
 files whose layout ComfyUI's model detection recognises, so stock UNETLoader loads them by file name; FLUX
 cannot be (ComfyUI's detection fixes FLUX's head layout, which forces 3072 channels), so FLUX reaches
-prompts through the test node `TinyModel` below. The tiny VAE is a TAESD (ComfyUI loads any file with
+prompts through the test node `TinyModel` below, as does Qwen-Image (no file written). The tiny VAE is a TAESD (ComfyUI loads any file with
 `taesd_decoder.*` keys as a TAESD VAE), with 4 latent channels for SD2 and 16 for FLUX/SD3.
 
 The module doubles as a ComfyUI custom-node file (NODE_CLASS_MAPPINGS at the bottom) so that prompts, in
@@ -23,6 +23,7 @@ FAMILIES = {
     "sd3": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
     "sd2": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "sd2_v": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
+    "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
 }
 # files that write_model_files() puts under models/diffusion_models and models/vae
 MODEL_FILES = {"sd3": "tiny_sd3.safetensors", "sd2": "tiny_sd2.safetensors"}
@@ -80,6 +81,11 @@ def _model_config(family):
             "x_block_self_attn_layers": [],
         }
         return comfy.supported_models.SD3(unet_config), None
+    if family == "qwen_image":  # one double-stream block; latents [B, 16, 1, H, W] as ComfyUI's Wan-2.1 format
+        unet_config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
+                       "num_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                       "joint_attention_dim": FAMILIES["qwen_image"]["context_dim"], "axes_dims_rope": (4, 6, 6)}
+        return comfy.supported_models.QwenImage(unet_config), None
     if family in ("sd2", "sd2_v"):
         # SD2's detection needs 320 channels and 1024-d context; one level, one block, no middle block
         unet_config = {
