@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 
 from .flow_map_objectives import Eulerian, FlowMatching, Lagrangian, MeanFlow, Shortcut
-from .realism_objectives import PerceptualEndpoint, SelfAdversarial, TimestepRectification, TVLPIPS
+from .realism_objectives import PerceptualEndpoint, SelfAdversarial, TEASRAnyStep, TimestepRectification, TVLPIPS
 from .sr_objectives import FlowSRConsistency, TrajectoryEndpoint
 
 OBJECTIVES = {cls.name: cls for cls in (FlowMatching, Shortcut, Lagrangian, Eulerian, MeanFlow,
                                         FlowSRConsistency, TrajectoryEndpoint, PerceptualEndpoint, TVLPIPS,
-                                        TimestepRectification, SelfAdversarial)}
+                                        TimestepRectification, SelfAdversarial, TEASRAnyStep)}
 
 
 def make_objective(name: str, **options):
