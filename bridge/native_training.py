@@ -33,8 +33,10 @@ LORA_KEY_PREFIX = ""
 CONSISTENCY = "flow_matching"
 # A MODEL through the dual-branch patch has one (bridge/dual_branch.py): TEASR's any-step training.
 DUAL_CONSISTENCY = "teasr_any_step"
-# ... and its LoRA also adapts the modulation layers, which see the target time s (FLUX, Qwen-Image names).
-DUAL_EXTRA_TARGETS = ("img_mod.lin", "txt_mod.lin", "modulation.lin", "img_mod.1", "txt_mod.1")
+# ... and its LoRA also adapts the modulation layers, which see the target time s
+# (bridge/dual_branch.modulation_layers), and Lumina 2's attention and feed-forward layers (which
+# NATIVE_TARGETS does not name).
+DUAL_EXTRA_TARGETS = ("attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 # The smallest latent side the default PatchDiscriminator (three stride-2 layers) takes.
 MIN_LATENT_SIDE = 8
 

@@ -28,7 +28,7 @@ from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
 from .adapter_loading import LORA_FOLDER
 from .default_model import is_default_model
 from .model_info import model_info
-from .dual_branch import is_dual_patched
+from .dual_branch import is_dual_patched, modulation_layers
 from .native_training import CONSISTENCY, DUAL_CONSISTENCY, DUAL_EXTRA_TARGETS, LORA_KEY_PREFIX, native_lora_trainer
 
 TRAINING_FOLDER = "onestep_sr_training"  # under ComfyUI's output folder: one run folder per LoRA name
@@ -130,7 +130,7 @@ def lora_spec(model, rank: int, alpha: float, target_modules: str) -> LoraSpec:
     if not targets:
         targets = DEFAULT_TARGETS if is_default_model(model) else NATIVE_TARGETS
         if is_dual_patched(model):
-            targets += DUAL_EXTRA_TARGETS
+            targets += DUAL_EXTRA_TARGETS + modulation_layers(model.get_model_object("diffusion_model"))
     return LoraSpec(rank=rank, alpha=alpha or None, target_modules=targets)
 
 

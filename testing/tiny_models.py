@@ -5,7 +5,7 @@ a comfy.model_patcher.ModelPatcher the way comfy.sd.load_diffusion_model_state_d
 it behaves like a MODEL from ComfyUI's loaders. The SD3 and SD2 models are also written as .safetensors
 files whose layout ComfyUI's model detection recognises, so stock UNETLoader loads them by file name; FLUX
 cannot be (ComfyUI's detection fixes FLUX's head layout, which forces 3072 channels), so FLUX reaches
-prompts through the test node `TinyModel` below, as does Qwen-Image (no file written). The tiny VAE is a TAESD (ComfyUI loads any file with
+prompts through the test node `TinyModel` below, as do Qwen-Image and Lumina 2 / Z-Image (no files written). The tiny VAE is a TAESD (ComfyUI loads any file with
 `taesd_decoder.*` keys as a TAESD VAE), with 4 latent channels for SD2 and 16 for FLUX/SD3.
 
 The module doubles as a ComfyUI custom-node file (NODE_CLASS_MAPPINGS at the bottom) so that prompts, in
@@ -24,6 +24,7 @@ FAMILIES = {
     "sd2": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "sd2_v": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
+    "lumina2": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
 }
 # files that write_model_files() puts under models/diffusion_models and models/vae
 MODEL_FILES = {"sd3": "tiny_sd3.safetensors", "sd2": "tiny_sd2.safetensors"}
@@ -86,6 +87,14 @@ def _model_config(family):
                        "num_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
                        "joint_attention_dim": FAMILIES["qwen_image"]["context_dim"], "axes_dims_rope": (4, 6, 6)}
         return comfy.supported_models.QwenImage(unet_config), None
+    if family == "lumina2":  # Z-Image's layout (its modulation needs dim >= 256), one block of each kind
+        unet_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "n_layers": 1,
+                       "n_refiner_layers": 1, "n_heads": 4, "n_kv_heads": 4, "multiple_of": 16,
+                       "ffn_dim_multiplier": 8.0 / 3.0, "norm_eps": 1e-5, "qk_norm": True,
+                       "cap_feat_dim": FAMILIES["lumina2"]["context_dim"], "axes_dims": [16, 24, 24],
+                       "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "z_image_modulation": True,
+                       "time_scale": 1000.0, "pad_tokens_multiple": 32}
+        return comfy.supported_models.ZImage(unet_config), None
     if family in ("sd2", "sd2_v"):
         # SD2's detection needs 320 channels and 1024-d context; one level, one block, no middle block
         unet_config = {

@@ -1,11 +1,14 @@
-"""'OneStep SR Dual-Branch Patch' (bridge/dual_branch.py) on tiny native FLUX and Qwen-Image models built from
-ComfyUI's own classes, in a real ComfyUI in-process.
+"""'OneStep SR Dual-Branch Patch' (bridge/dual_branch.py) on tiny native FLUX, SD3, Qwen-Image and Lumina 2 /
+Z-Image models built from ComfyUI's own classes, in a real ComfyUI in-process.
 
 Known answers: at s = t the patched model is the base model, so
-- without an LR latent it equals the unpatched MODEL;
-- with an LR latent it equals the unpatched diffusion model given that latent through ComfyUI's own
-  reference-latent path with its RoPE positions set to the noise tokens' (ComfyUI's `process_img` called
-  with index 0 and no offset), which is how the patch defines the shared positions.
+- without an LR latent it equals the unpatched MODEL (every family);
+- FLUX, Qwen-Image: with an LR latent it equals the unpatched diffusion model given that latent through
+  ComfyUI's own reference-latent path with its RoPE positions set to the noise tokens' (ComfyUI's
+  `process_img` called with index 0 and no offset), which is how the patch defines the shared positions;
+- SD3, Lumina 2 (no reference-latent path in ComfyUI): with shared positions and one modulation the two
+  halves are interchangeable, so the condition half's last hidden state for (x = A, LR = B) is the noise
+  half's for (x = B, LR = A) (up to the order of attention's sums).
 The ODTSR dual-branch reference is ODTSR's published layer, re-stated in tests/test_adapter_loading.py.
 """
 
@@ -18,7 +21,8 @@ from onestep_sr.testing import comfy_host as host_lib
 from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
-FAMILIES = ("flux", "qwen_image")
+FAMILIES = ("flux", "sd3", "qwen_image", "lumina2")
+REFERENCE_FAMILIES = ("flux", "qwen_image")  # ComfyUI has a reference-latent path for these
 EXACT = 1e-6
 SIZE = 64  # pixels: 8x8 latents
 
@@ -33,22 +37,32 @@ def randn(*shape, seed, std=1.0):
 
 
 def inputs(family, seed=10):
-    """(x, timesteps, context, kwargs) for the diffusion model's forward; t = 0.6."""
+    """(x, t, context, kwargs) for the diffusion model's forward (SD3: for apply_model, t a sigma); t = 0.6."""
     x = randn(1, 16, *((1,) if family == "qwen_image" else ()), 8, 8, seed=seed)
     context = randn(1, tiny_models.CONTEXT_TOKENS, 32, seed=seed + 1)
-    kwargs = {"y": randn(1, 32, seed=seed + 2), "guidance": torch.tensor([3.5])} if family == "flux" else {}
+    kwargs = {"flux": {"y": randn(1, 32, seed=seed + 2), "guidance": torch.tensor([3.5])},
+              "sd3": {"y": randn(1, 32, seed=seed + 2)},
+              "lumina2": {"num_tokens": tiny_models.CONTEXT_TOKENS}}.get(family, {})
     return x, torch.tensor([0.6]), context, kwargs
+
+
+def forward(model, family, x, t, context, options, kwargs):
+    """The call the patch wraps: SD3 through BaseModel.apply_model, the others their diffusion model."""
+    if family == "sd3":
+        return model.apply_model(x, t, c_crossattn=context, transformer_options=options, **kwargs)
+    return model.diffusion_model(x, t, context, transformer_options=options, **kwargs)
 
 
 def lr_latent(family, seed=20):
     return randn(1, 16, *((1,) if family == "qwen_image" else ()), 8, 8, seed=seed)
 
 
-def run(patcher, family, *, s=None, lr=None, refs=None, seed=10, **extra):
+def run(patcher, family, *, s=None, lr=None, refs=None, seed=10, x=None):
     """The diffusion model's output with the patcher's patches on (ComfyUI's loading), then unpatched."""
     import comfy.model_management
 
-    x, t, context, kwargs = inputs(family, seed)
+    x_default, t, context, kwargs = inputs(family, seed)
+    x = x_default if x is None else x
     options = copy.copy(patcher.model_options["transformer_options"])
     if s is not None:
         options["onestep_sr_target"] = {"sigma_to": s, "family": "dual_branch"}
@@ -59,7 +73,7 @@ def run(patcher, family, *, s=None, lr=None, refs=None, seed=10, **extra):
     comfy.model_management.load_models_gpu([patcher])
     try:
         with torch.no_grad():
-            return patcher.model.diffusion_model(x, t, context, transformer_options=options, **kwargs, **extra)
+            return forward(patcher.model, family, x, t, context, options, kwargs)
     finally:
         patcher.unpatch_model()
 
@@ -88,7 +102,7 @@ def test_s_equal_t_is_the_unpatched_model(dual, family):
     assert max_diff(run(patched, family, s=0.2), expected) > 1e-3  # s feeds the second embedder
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", REFERENCE_FAMILIES)
 def test_lr_tokens_share_the_noise_tokens_positions(dual, family):
     base = tiny_models.build_model(family)
     patched = dual.dual_branch_patch(base)
@@ -104,6 +118,29 @@ def test_lr_tokens_share_the_noise_tokens_positions(dual, family):
     assert max_diff(run(patched, family, lr=lr, s=0.1), expected) > 1e-3
 
 
+@pytest.mark.parametrize("family", ("sd3", "lumina2"))
+def test_lr_and_noise_halves_are_interchangeable_at_s_equal_t(dual, family):
+    base = tiny_models.build_model(family)
+    patched = dual.dual_branch_patch(base)
+    final = patched.get_model_object("diffusion_model.final_layer")
+    seen = []
+    handle = final.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    try:
+        a, b = inputs(family, seed=10)[0], lr_latent(family)
+        with_lr = run(patched, family, x=a, lr=b)
+        run(patched, family, x=b, lr=a)
+        far = run(patched, family, x=a, lr=b, s=0.1)
+    finally:
+        handle.remove()
+    n, pad = 16, (16 if family == "lumina2" else 0)  # 8x8 latent, patch 2; Lumina pads x to 32 tokens
+    first, swapped = seen[:2]  # final-layer inputs: SD3 [noise | LR], Lumina [text | noise | pad | LR]
+    noise_a, noise_b = (h[:, h.shape[1] - 2 * n - pad:h.shape[1] - n - pad] for h in (first, swapped))
+    condition_b = first[:, -n:]
+    assert first.shape[1] == swapped.shape[1] and max_diff(noise_a, noise_b) > 1e-3
+    assert max_diff(condition_b, noise_b) <= 1e-5  # the LR half of (A, B) is the noise half of (B, A)
+    assert max_diff(with_lr, run(base, family, x=a)) > 1e-3 and max_diff(far, with_lr) > 1e-3
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patch_comes_off_cleanly(dual, family):
     import comfy.model_management
@@ -111,11 +148,13 @@ def test_patch_comes_off_cleanly(dual, family):
     base = tiny_models.build_model(family)
     lr = lr_latent(family)
     before = run(base, family)
-    before_ref = run(base, family, refs=[lr])
     patched = dual.dual_branch_patch(base)
     full = run(patched, family, lr=lr, s=0.25)
     assert max_diff(run(base, family), before) <= EXACT  # unpatch_model
-    assert max_diff(run(base, family, refs=[lr]), before_ref) <= EXACT
+    if family in REFERENCE_FAMILIES:
+        before_ref = run(base, family, refs=[lr])
+        assert max_diff(run(dual.dual_branch_patch(base), family, refs=[lr]), before_ref) > 1e-4
+        assert max_diff(run(base, family, refs=[lr]), before_ref) <= EXACT
 
     comfy.model_management.load_models_gpu([patched])
     comfy.model_management.unload_all_models()
@@ -129,19 +168,20 @@ def test_patch_comes_off_cleanly(dual, family):
     try:
         lowvram_layers = sum(getattr(m, "comfy_cast_weights", False) for m in patched.model.modules())
         with torch.no_grad():
-            partial = patched.model.diffusion_model(x, t, context, transformer_options=options, **kwargs)
+            partial = forward(patched.model, family, x, t, context, options, kwargs)
     finally:
         patched.unpatch_model()
     assert lowvram_layers > 0
     assert max_diff(partial, full) <= EXACT
     assert max_diff(run(base, family), before) <= EXACT
-    assert not any(type(m).__name__.startswith(("DualTime", "Row", "TokenRows", "Broadcast"))
+    assert not any(type(m).__name__.startswith(("DualTime", "Row", "TokenRows", "Broadcast", "NoiseFinal",
+                                                 "ConditionTokens", "Neutral", "TokenModulated", "DualBranch"))
                    for m in base.model.modules())
 
 
 def test_unsupported_models_are_refused_by_name(dual):
-    with pytest.raises(ValueError, match="FLUX.1 and Qwen-Image"):
-        dual.dual_branch_patch(tiny_models.build_model("sd3"))
+    with pytest.raises(ValueError, match="FLUX.1, SD3 \\(MMDiT\\), Qwen-Image and Lumina 2"):
+        dual.dual_branch_patch(tiny_models.build_model("sd2"))
 
 
 def test_a_stock_lora_on_the_patched_model_equals_stock(dual, comfy_host):
@@ -244,15 +284,17 @@ def test_dual_branch_family_samples_1_2_4_steps(dual, comfy_host, family):
     patched, lr = done.output(ids["model"]), done.output(ids["latent"])["samples"]
     model_lr = patched.model.process_latent_in(lr.unsqueeze(2) if family == "qwen_image" else lr)
     [[context, extras]] = tiny_models.conditioning(family, seed=1)
-    kwargs = {"y": extras["pooled_output"], "guidance": torch.tensor([3.5])} if family == "flux" else {}
+    kwargs = {"flux": {"y": extras.get("pooled_output"), "guidance": torch.tensor([3.5])},
+              "sd3": {"y": extras.get("pooled_output")},
+              "lumina2": {"num_tokens": context.shape[1]}}.get(family, {})
     options = {**patched.model_options["transformer_options"], "onestep_sr_condition": model_lr,
                "onestep_sr_target": {"sigma_to": 0.0, "family": "dual_branch"}}
     comfy.model_management.load_models_gpu([patched])
     with torch.no_grad():
-        u = patched.model.diffusion_model(model_lr, torch.tensor([1.0]), context, transformer_options=options,
-                                          **kwargs)
+        denoised = patched.model.apply_model(model_lr, torch.tensor([1.0]), c_crossattn=context,
+                                             transformer_options=options, **kwargs)
     patched.unpatch_model()
-    expected = patched.model.process_latent_out(model_lr - u).reshape(results[1].shape)
+    expected = patched.model.process_latent_out(denoised).reshape(results[1].shape)
     assert max_diff(results[1], expected) <= 1e-5
     assert max_diff(results[1], results[2]) > 1e-4 and max_diff(results[2], results[4]) > 1e-4
 

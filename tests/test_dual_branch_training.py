@@ -1,4 +1,4 @@
-"""Train SR LoRA on a tiny FLUX through the dual-branch patch (bridge/dual_branch.py): TEASR's any-step
+"""Train SR LoRA on tiny FLUX, SD3 and Lumina 2 / Z-Image models through the dual-branch patch (bridge/dual_branch.py): TEASR's any-step
 objective (trajectory endpoint + self-adversarial distillation with timestep-aware rectification) makes
 1, 2 and 4 dual-branch steps agree, and the one-step output nearer the HR latent, than at the start.
 
@@ -50,15 +50,16 @@ def measure(model, positive, pair, bridge):
     return spread, error
 
 
-def test_training_makes_1_2_4_steps_agree_and_nearer_the_data(comfy_host):
+@pytest.mark.parametrize("family", ["flux", "sd3", "lumina2"])
+def test_training_makes_1_2_4_steps_agree_and_nearer_the_data(comfy_host, family):
     from onestep_sr.training.sr_data import ImageCrops, sr_batches
 
     dual = comfy_host.module("bridge.dual_branch")
     bridge = comfy_host.module("bridge.sampling")
     runs = comfy_host.module("bridge.training_runs")
     vae = tiny_models.build_vae(16)
-    model = dual.dual_branch_patch(tiny_models.build_model("flux"))
-    positive = tiny_models.conditioning("flux", seed=1)
+    model = dual.dual_branch_patch(tiny_models.build_model(family))
+    positive = tiny_models.conditioning(family, seed=1)
     images = hr_images()
 
     # the first training image and its clean x4 LR, enlarged back, as the training batches make them
@@ -70,12 +71,12 @@ def test_training_makes_1_2_4_steps_agree_and_nearer_the_data(comfy_host):
 
     began = time.perf_counter()
     tuned, _, report = runs.train_sr_lora(
-        model, vae, "dual_branch_toy", steps=STEPS, batch_size=2, crop_size=CROP, scale=SCALE, rank=8,
+        model, vae, f"dual_branch_toy_{family}", steps=STEPS, batch_size=2, crop_size=CROP, scale=SCALE, rank=8,
         learning_rate=2e-3, adversarial_weight=0.0, discriminator="patch", seed=0, overwrite=True,
         images=images, real_degradation=0.0, positive=positive)
     seconds = time.perf_counter() - began
     end = measure(tuned, positive, pair, bridge)
-    print(f"dual-branch toy training: {STEPS} steps in {seconds:.1f} s; 1/2/4-step spread {start[0]:.4f} -> "
+    print(f"dual-branch toy training, {family}: {STEPS} steps in {seconds:.1f} s; 1/2/4-step spread {start[0]:.4f} -> "
           f"{end[0]:.4f} (ratio {end[0] / start[0]:.3f}); one-step mean error {start[1]:.4f} -> {end[1]:.4f} "
           f"(ratio {end[1] / start[1]:.3f}); {report}")
     assert dual.is_dual_patched(tuned)
