@@ -267,6 +267,20 @@ def modulation_layers(diffusion_model) -> tuple[str, ...]:
                  and any(part in MODULATION_NAMES for part in name.split(".")[:-1]))
 
 
+def check_dual_branch_loras(spec: FamilySpec, has_dual_branch_loras: bool) -> None:
+    """Dual-branch LoRA layers split their input in token halves (or two rows); the SD3 and Lumina 2 patches
+    call those layers per half or per row, where such a layer cannot tell the branches apart."""
+    if has_dual_branch_loras and spec in (SD3, LUMINA):
+        raise ValueError(f"OneStep SR: a dual-branch LoRA file (lora_A1/B1/A2/B2) and the dual-branch patch do not "
+                         f"combine on {spec.name} (its patch runs the layers per token half); use a stock LoRA "
+                         "(e.g. one Train SR LoRA made on the patched model), or a FLUX / Qwen-Image MODEL")
+
+
+def dual_patch_family(model_patcher) -> FamilySpec | None:
+    """The family of a MODEL through the dual-branch patch, None for others."""
+    return family_of(model_patcher.get_model_object("diffusion_model")) if is_dual_patched(model_patcher) else None
+
+
 def is_dual_patched(model_patcher) -> bool:
     return DUAL_FAMILY in model_info(model_patcher).families
 
@@ -277,6 +291,7 @@ def dual_branch_patch(model_patcher):
     if is_dual_patched(model_patcher):
         return model_patcher.clone()
     spec = family_of(model_patcher.get_model_object("diffusion_model"))
+    check_dual_branch_loras(spec, any(hasattr(obj, "dual_branch") for obj in model_patcher.object_patches.values()))
     out = model_patcher.clone()
     for path, obj in object_patches(model_patcher, spec).items():
         out.add_object_patch(path, obj)

@@ -307,3 +307,22 @@ def test_unpatched_model_is_refused_for_the_dual_branch_family(comfy_host):
     reason = failed.failure()
     assert reason is not None and "family 'dual_branch'" in reason and "OneStep SR Dual-Branch Patch" in reason
     assert "set the sampler's family to 'auto'" in reason
+
+
+@pytest.mark.parametrize("family", ["sd3", "lumina2"])
+def test_dual_branch_lora_files_are_refused_where_the_patch_splits_layers(dual, comfy_host, tmp_path, family):
+    from safetensors.torch import save_file
+
+    adapter = comfy_host.module("bridge.adapter_loading")
+    base = tiny_models.build_model(family)
+    name, weight = next((k[:-len(".weight")], v) for k, v in base.model.diffusion_model.state_dict().items()
+                        if k.endswith(".weight") and v.ndim == 2)
+    parts = {f"{name}.{p}.weight": randn(*shape, seed=i) for i, (p, shape) in enumerate(
+        (("lora_A1", (2, weight.shape[1])), ("lora_B1", (weight.shape[0], 2)),
+         ("lora_A2", (2, weight.shape[1])), ("lora_B2", (weight.shape[0], 2))))}
+    save_file(parts, tmp_path / "dual.safetensors")
+    with pytest.raises(ValueError, match="do not combine"):
+        adapter.load_sr_adapter(dual.dual_branch_patch(base), str(tmp_path / "dual.safetensors"))
+    loaded, _, _ = adapter.load_sr_adapter(base, str(tmp_path / "dual.safetensors"))
+    with pytest.raises(ValueError, match="do not combine"):
+        dual.dual_branch_patch(loaded)
