@@ -66,9 +66,10 @@ class NativeFlowNet(torch.nn.Module):
         if self.dual_options is not None:
             conditioning["transformer_options"] = {**self.dual_options, CONDITION_KEY: cond,
                                                    TARGET_KEY: {"sigma_to": s, "family": "dual_branch"}}
+        frames = self.base_model.latent_format.latent_dimensions == 3  # Qwen-Image: [B, C, 1, H, W] latents
         with torch.autograd.graph.saved_tensors_hooks(saved_activation_copy, lambda saved: saved):
-            x0 = self.base_model.apply_model(x, t, **conditioning)
-        return average_velocity(x, x0, per_sample(t, x))
+            x0 = self.base_model.apply_model(x.unsqueeze(2) if frames else x, t, **conditioning)
+        return average_velocity(x, x0.squeeze(2) if frames else x0, per_sample(t, x))
 
 
 def saved_activation_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -106,12 +107,15 @@ def model_conditioning(model, positive, latent: torch.Tensor) -> dict:
 
 
 def latent_encoder(vae, base_model):
-    """pixels [B, 3, H, W] in [-1, 1] -> latents in the model's space (process_latent_in, as ComfyUI's
-    samplers hand latents to the model), without gradient."""
+    """pixels [B, 3, H, W] in [-1, 1] -> [B, C, h, w] latents in the model's space (process_latent_in, as
+    ComfyUI's samplers hand latents to the model), without gradient."""
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return base_model.process_latent_in(vae.encode(((pixels + 1) / 2).clamp(0, 1).movedim(1, -1)))
+            latent = base_model.process_latent_in(vae.encode(((pixels + 1) / 2).clamp(0, 1).movedim(1, -1)))
+        # one-frame video latents (Qwen-Image's Wan VAE) train as images: the PatchGAN and the objectives
+        # take [B, C, H, W]; NativeFlowNet gives the model its frame dimension back
+        return latent.squeeze(2) if latent.ndim == 5 and latent.shape[2] == 1 else latent
 
     return encode
 

@@ -137,6 +137,17 @@ def build_vae(latent_channels):
     return comfy.sd.VAE(sd=_vae_state_dict(latent_channels))
 
 
+def build_wan_vae():
+    """A comfy.sd.VAE holding a small Wan-2.1 VAE (the architecture of Qwen-Image's VAE: one-frame video
+    latents [B, 16, 1, H / 8, W / 8]) with fixed random weights."""
+    import comfy.sd
+    from comfy.ldm.wan.vae import WanVAE
+
+    module = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                    temperal_downsample=[False, True, True])
+    return comfy.sd.VAE(sd=dict(_weights("wan_vae", module)))
+
+
 def _vae_state_dict(latent_channels):
     import comfy.taesd.taesd
 

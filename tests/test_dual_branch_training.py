@@ -1,4 +1,4 @@
-"""Train SR LoRA on tiny FLUX, SD3 and Lumina 2 / Z-Image models through the dual-branch patch (bridge/dual_branch.py): TEASR's any-step
+"""Train SR LoRA on tiny FLUX, SD3, Qwen-Image and Lumina 2 / Z-Image models through the dual-branch patch (bridge/dual_branch.py): TEASR's any-step
 objective (trajectory endpoint + self-adversarial distillation with timestep-aware rectification) makes
 1, 2 and 4 dual-branch steps agree, and the one-step output nearer the HR latent, than at the start.
 
@@ -50,14 +50,14 @@ def measure(model, positive, pair, bridge):
     return spread, error
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "lumina2"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "qwen_image", "lumina2"])
 def test_training_makes_1_2_4_steps_agree_and_nearer_the_data(comfy_host, family):
     from onestep_sr.training.sr_data import ImageCrops, sr_batches
 
     dual = comfy_host.module("bridge.dual_branch")
     bridge = comfy_host.module("bridge.sampling")
     runs = comfy_host.module("bridge.training_runs")
-    vae = tiny_models.build_vae(16)
+    vae = tiny_models.build_wan_vae() if family == "qwen_image" else tiny_models.build_vae(16)
     model = dual.dual_branch_patch(tiny_models.build_model(family))
     positive = tiny_models.conditioning(family, seed=1)
     images = hr_images()
