@@ -118,6 +118,7 @@ def _qwen_patches(get, dm) -> dict:
     for i in range(len(dm.transformer_blocks)):
         block = f"diffusion_model.transformer_blocks.{i}"
         patches[f"{block}._modulate"] = layers.rows_modulate(get(f"{block}._modulate"))
+        patches[f"{block}.img_mod"] = layers.with_rows_separately(get(f"{block}.img_mod"))
         patches[f"{block}.txt_mod"] = layers.with_row(get(f"{block}.txt_mod"), CONDITION)
     if hasattr(dm, "norm_out"):
         patches["diffusion_model.norm_out"] = layers.with_row(get("diffusion_model.norm_out"), NOISE, arg=1)

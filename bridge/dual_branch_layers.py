@@ -146,6 +146,23 @@ def joint_layout(state):  # FLUX's single-stream blocks: [text | noise | conditi
     return [(CONDITION, state.text_tokens), *image_layout(state)]
 
 
+def _per_row_forward(self, original, x):
+    state = STATE.get()
+    if state is None or x.ndim != 3 or x.shape[1] != 2:
+        return original(x)
+    rows = []
+    for row in (NOISE, CONDITION):
+        out = original(x[:, row])  # a dual-branch LoRA layer inside answers both branches for a 2-D input
+        rows.append(out[:, row] if out.ndim == 3 else out)
+    return torch.stack(rows, dim=1)
+
+
+def with_rows_separately(module):
+    """A modulation module fed a two-row vector [B, 2, D] one row at a time (the base model's own
+    arithmetic for each row); a dual-branch LoRA inside gives row r its branch r + 1."""
+    return _patched(module, "PerRow", _per_row_forward)
+
+
 def rows_modulate(original):
     """Qwen-Image's block `_modulate(x, params)` for two-row params [B, 2, 3 D] of the image stream."""
 

@@ -175,7 +175,7 @@ def test_patch_comes_off_cleanly(dual, family):
     assert max_diff(partial, full) <= EXACT
     assert max_diff(run(base, family), before) <= EXACT
     assert not any(type(m).__name__.startswith(("DualTime", "Row", "TokenRows", "Broadcast", "NoiseFinal",
-                                                 "ConditionTokens", "Neutral", "TokenModulated", "DualBranch"))
+                                                 "ConditionTokens", "Neutral", "TokenModulated", "DualBranch", "PerRow"))
                    for m in base.model.modules())
 
 
