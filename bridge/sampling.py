@@ -41,7 +41,7 @@ def check_family(model_patcher, family: str | None) -> str:
         raise ValueError(
             "OneStep SR: family 'dual_branch' needs a MODEL with the dual-branch patch (a second time embedder "
             "and the LR latent as condition tokens), and this MODEL has none. Connect the MODEL through "
-            "'OneStep SR Dual-Branch Patch' (FLUX, Qwen-Image), or set the sampler's family to 'auto'.")
+            "'OneStep SR Dual-Branch Patch' (FLUX.1, SD3, Qwen-Image, Lumina 2 / Z-Image), or set the sampler's family to 'auto'.")
     if family not in accepted:
         raise ValueError(
             f"OneStep SR: this MODEL takes family {' or '.join(repr(f) for f in accepted)}, not '{family}'. "

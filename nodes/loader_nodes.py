@@ -83,7 +83,7 @@ class OneStepSRDualBranchPatch:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL", {"tooltip": "A native FLUX.1 or Qwen-Image MODEL (from Load Diffusion Model)."}),
+            "model": ("MODEL", {"tooltip": "A native FLUX.1, SD3, Qwen-Image or Lumina 2 / Z-Image MODEL (from Load Diffusion Model)."}),
         }}
 
     RETURN_TYPES = ("MODEL",)

@@ -326,3 +326,19 @@ def test_dual_branch_lora_files_are_refused_where_the_patch_splits_layers(dual, 
     loaded, _, _ = adapter.load_sr_adapter(base, str(tmp_path / "dual.safetensors"))
     with pytest.raises(ValueError, match="do not combine"):
         dual.dual_branch_patch(loaded)
+
+
+@pytest.mark.parametrize("family", ["sd3", "lumina2"])
+def test_one_click_upscale_runs_the_patched_model_with_guidance(dual, comfy_host, family):
+    """OneStep SR Upscale (advanced) on a patched MODEL: family auto is dual_branch; guidance 2 batches the
+    positive and negative branches, each with the LR tile as its condition tokens."""
+    upscale = comfy_host.module("bridge.upscale")
+    base = tiny_models.build_model(family)
+    image = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(3))
+    args = dict(vae=tiny_models.build_vae(16), image=image, scale_by=4.0, family="auto", start_mode="lr",
+                t_start=1.0, shift=1.0, gamma=0.0, bridge_scale=1.0, guidance=2.0, seed=0,
+                positive=tiny_models.conditioning(family), negative=tiny_models.conditioning(family, seed=1))
+    outs = {steps: upscale.upscale(model=dual.dual_branch_patch(base), steps=steps, **args) for steps in (1, 2)}
+    plain = upscale.upscale(model=base, steps=1, **args)
+    assert outs[1].shape == plain.shape == (1, 64, 64, 3) and torch.isfinite(outs[1]).all()
+    assert max_diff(outs[1], plain) > 1e-3 and max_diff(outs[1], outs[2]) > 1e-3
