@@ -104,10 +104,11 @@ def with_second_embedder(module, second_inputs):
     starts as an exact copy of e. second_inputs(s, args, kwargs) -> the embedder's arguments for s."""
     residual = copy.deepcopy(module)
     last = [m for m in residual.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        if last.bias is not None:
-            last.bias.zero_()
+    for name in ("weight", "bias"):  # new zero tensors: no in-place write to inference or float8 weights
+        value = getattr(last, name)
+        if value is not None:
+            setattr(last, name, torch.nn.Parameter(torch.zeros(value.shape, dtype=value.dtype, device=value.device),
+                                                   requires_grad=False))
     for parameter in residual.parameters():
         parameter.requires_grad_(False)
     return _patched(module, "DualTime", _time_forward, {"second": residual}, second_inputs=second_inputs)
@@ -312,7 +313,9 @@ def _lumina_block_forward(self, original, x, x_mask, freqs_cis, adaln_input=None
 
 
 def original_modulation(block, adaln_input):
-    return block.adaLN_modulation.forward_unpatched(adaln_input)
+    """The block's adaLN layer as ComfyUI made it (under the `with_neutral_modulation` patch)."""
+    module = block.adaLN_modulation
+    return super(type(module), module).forward(adaln_input) if getattr(module, "neutral", False) else module(adaln_input)
 
 
 def _neutral_forward(self, original, adaln_input):
@@ -325,9 +328,7 @@ def _neutral_forward(self, original, adaln_input):
 
 
 def with_neutral_modulation(module):
-    patched = _patched(module, "Neutral", _neutral_forward)
-    patched.__dict__["forward_unpatched"] = super(type(patched), patched).forward
-    return patched
+    return _patched(module, "Neutral", _neutral_forward, neutral=True)
 
 
 def _norm_forward(self, original, x):
