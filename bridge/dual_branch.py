@@ -1,6 +1,7 @@
 """'OneStep SR Dual-Branch Patch': TEASR's dual-branch diffusion transformer with a decoupled timestep,
-made from a native ComfyUI MODEL by object patches and one diffusion-model wrapper. No model code of its
-own: ComfyUI's classes run unchanged; the patches only change what goes into them.
+made from a native ComfyUI MODEL by object patches and one wrapper (of the diffusion model's forward; of
+BaseModel.apply_model for SD3, whose MMDiT has no wrapper executor). No model code of its own: ComfyUI's
+classes run unchanged; the patches only change what goes into them.
 
 The convention (every family: FLUX.1, SD3 / MMDiT, Qwen-Image, Lumina 2 / Z-Image):
 
@@ -17,7 +18,8 @@ The convention (every family: FLUX.1, SD3 / MMDiT, Qwen-Image, Lumina 2 / Z-Imag
 - Times: t, the current noise state (the sampler's sigma), goes through the model's own time embedder;
   s, the jump's target (`samplers.sampling.jump_target`; s = t when no OneStep SR sampler asks), through a
   second embedder that starts as an exact copy of the first: the first's weights (shared, so stock LoRAs
-  reach both) plus a trainable residual copy whose output layer starts at zero (`with_second_embedder`).
+  reach both) plus a residual copy whose output layer starts at zero (`with_second_embedder`; Train SR
+  LoRA leaves it at zero, so its LoRA stays a stock ComfyUI LoRA).
 - Modulation: the time vector becomes two rows ``[e(s), e(t)]`` (pooled / guidance vectors are added to
   both). Row 0, the target-time branch, modulates the noise tokens and the final layer (whose output only
   the noise tokens' part leaves); row 1, the current-time branch, modulates the condition tokens and the
@@ -25,8 +27,9 @@ The convention (every family: FLUX.1, SD3 / MMDiT, Qwen-Image, Lumina 2 / Z-Imag
   spread over its tokens (FLUX's Modulation, Qwen-Image's `_modulate`); SD3's x blocks run their
   per-token pre/post-attention steps once per half with that half's row; Lumina 2's blocks (whose
   modulation is computed inside their forward) get a neutral modulation from their adaLN layer and apply
-  the per-token rows in their four RMSNorms (dual_branch_layers.py). So at s = t both rows are the base model's vector and the patched model *is* the base model (with
-  the LR's tokens beside x's when an LR is given); without an LR latent it equals the unpatched model.
+  the per-token rows in their four RMSNorms (dual_branch_layers.py). So at s = t both rows are the base
+  model's vector and the patched model *is* the base model (with the LR's tokens beside x's when an LR is
+  given); without an LR latent it equals the unpatched model.
 - LoRAs: dual-branch LoRA files (`adapters.formats.DualBranchLoRA`, Load SR Adapter; ODTSR's are for
   Qwen-Image) put branch 1 on the first half of the image tokens (the noise tokens) and branch 2 on the
   second (the condition tokens), and on a modulation layer branch 1 on row 0 and branch 2 on row 1: on
