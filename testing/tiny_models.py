@@ -21,6 +21,7 @@ import torch
 FAMILIES = {
     "flux": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
     "sd3": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
+    "sd35": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},  # SD3.5-medium: x-block self-attention
     "sd2": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "sd2_v": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
@@ -71,7 +72,7 @@ def _model_config(family):
             "context_in_dim": FAMILIES["flux"]["context_dim"], "vec_in_dim": FAMILIES["flux"]["pooled_dim"],
         }
         return comfy.supported_models.Flux(unet_config), None
-    if family == "sd3":
+    if family in ("sd3", "sd35"):
         # exactly what comfy.model_detection.detect_unet_config reads back from the saved file
         unet_config = {
             "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 1, "input_size": None,
@@ -79,7 +80,7 @@ def _model_config(family):
             "context_embedder_config": {"target": "torch.nn.Linear", "params": {
                 "in_features": FAMILIES["sd3"]["context_dim"], "out_features": 64}},
             "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
-            "x_block_self_attn_layers": [],
+            "x_block_self_attn_layers": [0] if family == "sd35" else [],
         }
         return comfy.supported_models.SD3(unet_config), None
     if family == "qwen_image":  # one double-stream block; latents [B, 16, 1, H, W] as ComfyUI's Wan-2.1 format

@@ -21,7 +21,7 @@ from onestep_sr.testing import comfy_host as host_lib
 from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
-FAMILIES = ("flux", "sd3", "qwen_image", "lumina2")
+FAMILIES = ("flux", "sd3", "sd35", "qwen_image", "lumina2")  # sd35: SD3.5-medium's x-block self-attention
 REFERENCE_FAMILIES = ("flux", "qwen_image")  # ComfyUI has a reference-latent path for these
 EXACT = 1e-6
 SIZE = 64  # pixels: 8x8 latents
@@ -41,14 +41,14 @@ def inputs(family, seed=10):
     x = randn(1, 16, *((1,) if family == "qwen_image" else ()), 8, 8, seed=seed)
     context = randn(1, tiny_models.CONTEXT_TOKENS, 32, seed=seed + 1)
     kwargs = {"flux": {"y": randn(1, 32, seed=seed + 2), "guidance": torch.tensor([3.5])},
-              "sd3": {"y": randn(1, 32, seed=seed + 2)},
+              "sd3": {"y": randn(1, 32, seed=seed + 2)}, "sd35": {"y": randn(1, 32, seed=seed + 2)},
               "lumina2": {"num_tokens": tiny_models.CONTEXT_TOKENS}}.get(family, {})
     return x, torch.tensor([0.6]), context, kwargs
 
 
 def forward(model, family, x, t, context, options, kwargs):
     """The call the patch wraps: SD3 through BaseModel.apply_model, the others their diffusion model."""
-    if family == "sd3":
+    if family in ("sd3", "sd35"):
         return model.apply_model(x, t, c_crossattn=context, transformer_options=options, **kwargs)
     return model.diffusion_model(x, t, context, transformer_options=options, **kwargs)
 
@@ -118,7 +118,7 @@ def test_lr_tokens_share_the_noise_tokens_positions(dual, family):
     assert max_diff(run(patched, family, lr=lr, s=0.1), expected) > 1e-3
 
 
-@pytest.mark.parametrize("family", ("sd3", "lumina2"))
+@pytest.mark.parametrize("family", ("sd3", "sd35", "lumina2"))
 def test_lr_and_noise_halves_are_interchangeable_at_s_equal_t(dual, family):
     base = tiny_models.build_model(family)
     patched = dual.dual_branch_patch(base)
@@ -285,7 +285,7 @@ def test_dual_branch_family_samples_1_2_4_steps(dual, comfy_host, family):
     model_lr = patched.model.process_latent_in(lr.unsqueeze(2) if family == "qwen_image" else lr)
     [[context, extras]] = tiny_models.conditioning(family, seed=1)
     kwargs = {"flux": {"y": extras.get("pooled_output"), "guidance": torch.tensor([3.5])},
-              "sd3": {"y": extras.get("pooled_output")},
+              "sd3": {"y": extras.get("pooled_output")}, "sd35": {"y": extras.get("pooled_output")},
               "lumina2": {"num_tokens": context.shape[1]}}.get(family, {})
     options = {**patched.model_options["transformer_options"], "onestep_sr_condition": model_lr,
                "onestep_sr_target": {"sigma_to": 0.0, "family": "dual_branch"}}
