@@ -16,6 +16,7 @@ from ..adapters.formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, DualBranchL
                                 with_dual_branch)
 from ..files.tensors import read_safetensors
 from .adapter_keys import AdapterReport, build_patches, resolve, unet_key_map, vae_key_map, weight_shapes
+from .dual_branch import check_dual_branch_loras, dual_patch_family
 
 LORA_FOLDER = "loras"
 MODULATION_LAYER = ".img_mod.1"  # Qwen-Image's image-stream modulation (takes the time embedding)
@@ -112,6 +113,9 @@ def load_sr_adapter(model, path: str, strength: float = 1.0, file_format: str = 
 
     out_model = model
     if file_format == "dual_branch":
+        family = dual_patch_family(model)
+        if family is not None:
+            check_dual_branch_loras(family, True)
         out_model = dual_branch_patches(model, groups, key_map, strength, noise_scale, condition_scale, report)
     if model_tensors:
         patches = build_patches(model_tensors, key_map, model_weights, report)

@@ -18,9 +18,11 @@ import torch
 
 from ..adapters.lora import LoraSpec, lora_layers, remove_lora
 from ..samplers.flow_map import average_velocity, per_sample
+from ..samplers.sampling import CONDITION_KEY, TARGET_KEY
 from ..training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import TrainConfig
+from .dual_branch import is_dual_patched
 from .model_info import model_info
 from .sampling import empty_conditioning, parametrization_of
 
@@ -29,6 +31,12 @@ from .sampling import empty_conditioning, parametrization_of
 LORA_KEY_PREFIX = ""
 # Native models are plain one-time flows: the two-time objectives need a second time input they lack.
 CONSISTENCY = "flow_matching"
+# A MODEL through the dual-branch patch has one (bridge/dual_branch.py): TEASR's any-step training.
+DUAL_CONSISTENCY = "teasr_any_step"
+# ... and its LoRA also adapts the modulation layers, which see the target time s
+# (bridge/dual_branch.modulation_layers), and Lumina 2's attention and feed-forward layers (which
+# NATIVE_TARGETS does not name).
+DUAL_EXTRA_TARGETS = ("attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3")
 # The smallest latent side the default PatchDiscriminator (three stride-2 layers) takes.
 MIN_LATENT_SIDE = 8
 
@@ -40,21 +48,28 @@ class NativeFlowNet(torch.nn.Module):
     latent) is for the discriminator: the model sees the LR only through x, as when it samples.
 
     model_conds: {name: ComfyUI cond object} (see `model_conditioning`), repeated to each call's batch.
+    dual_options: for a MODEL through the dual-branch patch, its transformer_options (the patch's
+    wrapper); the net then asks for the jump to s (per sample) with `cond` as the LR condition tokens.
     """
 
-    def __init__(self, base_model, model_conds: dict):
+    def __init__(self, base_model, model_conds: dict, dual_options: dict | None = None):
         super().__init__()
         self.diffusion_model = base_model.diffusion_model
         # Outside the module tree: only the diffusion model's parameters are trained, moved or saved.
         self.__dict__["base_model"] = base_model
         self.model_conds = model_conds
+        self.dual_options = dual_options
 
     def forward(self, x, t, s, cond=None):
         conditioning = {name: c.process_cond(batch_size=x.shape[0], device=x.device, area=None).cond
                         for name, c in self.model_conds.items()}
+        if self.dual_options is not None:
+            conditioning["transformer_options"] = {**self.dual_options, CONDITION_KEY: cond,
+                                                   TARGET_KEY: {"sigma_to": s, "family": "dual_branch"}}
+        frames = self.base_model.latent_format.latent_dimensions == 3  # Qwen-Image: [B, C, 1, H, W] latents
         with torch.autograd.graph.saved_tensors_hooks(saved_activation_copy, lambda saved: saved):
-            x0 = self.base_model.apply_model(x, t, **conditioning)
-        return average_velocity(x, x0, per_sample(t, x))
+            x0 = self.base_model.apply_model(x.unsqueeze(2) if frames else x, t, **conditioning)
+        return average_velocity(x, x0.squeeze(2) if frames else x0, per_sample(t, x))
 
 
 def saved_activation_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -92,12 +107,15 @@ def model_conditioning(model, positive, latent: torch.Tensor) -> dict:
 
 
 def latent_encoder(vae, base_model):
-    """pixels [B, 3, H, W] in [-1, 1] -> latents in the model's space (process_latent_in, as ComfyUI's
-    samplers hand latents to the model), without gradient."""
+    """pixels [B, 3, H, W] in [-1, 1] -> [B, C, h, w] latents in the model's space (process_latent_in, as
+    ComfyUI's samplers hand latents to the model), without gradient."""
 
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return base_model.process_latent_in(vae.encode(((pixels + 1) / 2).clamp(0, 1).movedim(1, -1)))
+            latent = base_model.process_latent_in(vae.encode(((pixels + 1) / 2).clamp(0, 1).movedim(1, -1)))
+        # one-frame video latents (Qwen-Image's Wan VAE) train as images: the PatchGAN and the objectives
+        # take [B, C, H, W]; NativeFlowNet gives the model its frame dimension back
+        return latent.squeeze(2) if latent.ndim == 5 and latent.shape[2] == 1 else latent
 
     return encode
 
@@ -150,7 +168,9 @@ def native_lora_trainer(model, vae, positive, crops: ImageCrops, spec: LoraSpec,
     diffusion_model = base_model.diffusion_model
     encode = latent_encoder(vae, base_model)
     probe = encode(torch.zeros(1, 3, crop_size, crop_size))
-    net = NativeFlowNet(base_model, model_conditioning(model, positive, probe))
+    dual = is_dual_patched(model)
+    net = NativeFlowNet(base_model, model_conditioning(model, positive, probe),
+                        dict(model.model_options["transformer_options"]) if dual else None)
     was_training = diffusion_model.training
     unfrozen_inference_weights(diffusion_model)
     try:
@@ -158,7 +178,7 @@ def native_lora_trainer(model, vae, positive, crops: ImageCrops, spec: LoraSpec,
             net, spec, objective,
             latent_sr_batches(sr_batches(crops, batch_size, crop_size, real_degradation, scales=(scale,)), encode),
             config, probe=(torch.zeros_like(probe), torch.zeros_like(probe)), discriminator=discriminator,
-            metadata={**metadata, "family": "plain", "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
+            metadata={**metadata, "family": "dual_branch" if dual else "plain", "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
                       "latent_shape": list(probe.shape[1:])})
     finally:
         if lora_layers(net):

@@ -37,6 +37,11 @@ def check_family(model_patcher, family: str | None) -> str:
         return accepted[0]
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if family == "dual_branch" and family not in accepted:
+        raise ValueError(
+            "OneStep SR: family 'dual_branch' needs a MODEL with the dual-branch patch (a second time embedder "
+            "and the LR latent as condition tokens), and this MODEL has none. Connect the MODEL through "
+            "'OneStep SR Dual-Branch Patch' (FLUX.1, SD3, Qwen-Image, Lumina 2 / Z-Image), or set the sampler's family to 'auto'.")
     if family not in accepted:
         raise ValueError(
             f"OneStep SR: this MODEL takes family {' or '.join(repr(f) for f in accepted)}, not '{family}'. "
@@ -89,9 +94,15 @@ def ksampler(sample_fn, start_mode: str, bridge_scale: float = 1.0, family: str 
             lr_latent = model.latent_image if model.latent_image is not None else torch.zeros_like(x)
             x = start_point(start_mode, lr_latent, model.noise, float(sigmas[0]), bridge_scale,
                             model_info(guider.model_patcher).source_noise).to(x)
-        return sample_fn(model, x, sigmas, extra_args, callback, disable,
-                         family=check_family(guider.model_patcher, family),
-                         parametrization=parametrization, **options)
+        chosen = check_family(guider.model_patcher, family)
+        condition = None
+        if chosen == "dual_branch":  # the LR latent rides with every jump as the condition tokens
+            if model.latent_image is None:
+                raise ValueError("OneStep SR: family 'dual_branch' takes the LR latent from the sampler's "
+                                 "latent_image: connect OneStep SR Conditioning's LATENT to the sampler")
+            condition = model.latent_image
+        return sample_fn(model, x, sigmas, extra_args, callback, disable, family=chosen,
+                         parametrization=parametrization, condition=condition, **options)
 
     return comfy.samplers.KSAMPLER(sampler_function)
 

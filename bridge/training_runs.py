@@ -28,7 +28,8 @@ from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
 from .adapter_loading import LORA_FOLDER
 from .default_model import is_default_model
 from .model_info import model_info
-from .native_training import CONSISTENCY, LORA_KEY_PREFIX, native_lora_trainer
+from .dual_branch import is_dual_patched, modulation_layers
+from .native_training import CONSISTENCY, DUAL_CONSISTENCY, DUAL_EXTRA_TARGETS, LORA_KEY_PREFIX, native_lora_trainer
 
 TRAINING_FOLDER = "onestep_sr_training"  # under ComfyUI's output folder: one run folder per LoRA name
 
@@ -128,6 +129,8 @@ def lora_spec(model, rank: int, alpha: float, target_modules: str) -> LoraSpec:
     targets = tuple(name.strip() for name in target_modules.split(",") if name.strip())
     if not targets:
         targets = DEFAULT_TARGETS if is_default_model(model) else NATIVE_TARGETS
+        if is_dual_patched(model):
+            targets += DUAL_EXTRA_TARGETS + modulation_layers(model.get_model_object("diffusion_model"))
     return LoraSpec(rank=rank, alpha=alpha or None, target_modules=targets)
 
 
@@ -150,7 +153,9 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     The OneStep SR default model trains on a copy of its network in pixel space (flow-map consistency,
     an EMA); a native flow MODEL (FLUX, SD3, ...; bridge/native_training.py) in its latent space with the
     LoRA in its own diffusion model while it trains (flow-matching consistency, no EMA), with `positive`
-    as its text conditioning."""
+    as its text conditioning; a MODEL through the dual-branch patch with TEASR's any-step objective
+    (trajectory endpoint + self-adversarial distillation with timestep-aware rectification) as its
+    consistency term, its LoRA on the modulation layers too."""
     if crop_size % scale:
         raise ValueError(f"Train SR LoRA: crop_size {crop_size} must be a multiple of scale {scale}")
     target = lora_output_path(lora_name, overwrite)
@@ -160,8 +165,10 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
     config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate,
                          ema_decay=None if native else 0.99, checkpoint_every=max(1, steps // 10), progress=False)
-    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency_weight=0.25,
-                                consistency=CONSISTENCY if native else default_model_consistency(model))
+    dual = is_dual_patched(model)  # TEASR's any-step objective at full weight (bridge/dual_branch.py)
+    objective = AdversarialLoRA(adversarial_weight=adversarial_weight, consistency_weight=1.0 if dual else 0.25,
+                                consistency=DUAL_CONSISTENCY if dual else CONSISTENCY if native
+                                else default_model_consistency(model))
     metadata = {"hr_images": len(crops.images), "batch": batch_size, "crop": crop_size, "scale": scale,
                 "real_fraction": real_degradation}
     make_trainer = (partial(native_lora_trainer, model, vae, positive) if native

@@ -14,7 +14,9 @@ UPSCALE_METHODS = ["bicubic", "lanczos", "bilinear", "area", "nearest-exact"]
 
 FAMILY = (FAMILY_CHOICES, {"default": "auto", "tooltip": (
     "How the MODEL takes the jump's two times: auto = the model's own; plain = t only (flow-matching or "
-    "one-step LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow maps.")})
+    "one-step LoRA models), shortcut = (t, t - s), two_time = (t, s) for Lagrangian/Eulerian/MeanFlow maps, dual_branch = t and s on "
+    "separate time embedders with the LR latent as condition tokens (a MODEL through 'OneStep SR Dual-Branch "
+    "Patch').")})
 START_MODE = (list(START_MODES), {"default": "lr", "tooltip": (
     "Where sampling starts: lr = the LR latent at t = 1 (FlowSR); lr_at_T = the LR latent at the schedule's "
     "start time (FluxSR); noise = pure noise, LR as condition; noised_lr = LR latent noised to the start time "

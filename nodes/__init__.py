@@ -3,7 +3,7 @@
 from ..bridge.default_model import register_model_folder
 from .ftd_nodes import OneStepSRTeacherPairs, OneStepSRTrainFTDLoRA
 from .image_nodes import OneStepSRColourFix, OneStepSRConditioning, OneStepSRDecode, OneStepSRPrompts
-from .loader_nodes import OneStepSRLoadAdapter, OneStepSRLoadModel
+from .loader_nodes import OneStepSRDualBranchPatch, OneStepSRLoadAdapter, OneStepSRLoadModel
 from .sampling_nodes import (OneStepSRConsistencySampler, OneStepSRFlowMapSampler, OneStepSRGuider,
                              OneStepSRSchedule)
 from .training_nodes import OneStepSRTrainLoRA
@@ -14,6 +14,7 @@ register_model_folder()
 NODE_CLASS_MAPPINGS = {
     "OneStepSR_LoadModel": OneStepSRLoadModel,
     "OneStepSR_LoadAdapter": OneStepSRLoadAdapter,
+    "OneStepSR_DualBranchPatch": OneStepSRDualBranchPatch,
     "OneStepSR_TrainLoRA": OneStepSRTrainLoRA,
     "OneStepSR_TeacherPairs": OneStepSRTeacherPairs,
     "OneStepSR_TrainFTDLoRA": OneStepSRTrainFTDLoRA,
@@ -33,6 +34,7 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "OneStepSR_LoadModel": "Load OneStep SR Model",
     "OneStepSR_LoadAdapter": "Load SR Adapter",
+    "OneStepSR_DualBranchPatch": "OneStep SR Dual-Branch Patch",
     "OneStepSR_TrainLoRA": "Train SR LoRA",
     "OneStepSR_TeacherPairs": "OneStep SR Teacher Pairs",
     "OneStepSR_TrainFTDLoRA": "OneStep SR Train FTD LoRA",

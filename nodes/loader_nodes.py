@@ -6,6 +6,7 @@ import folder_paths
 
 from ..bridge.adapter_loading import LORA_FOLDER, load_sr_adapter, safetensors_loras
 from ..bridge.default_model import FOLDER, load_default_model
+from ..bridge.dual_branch import dual_branch_patch
 from ..bridge.widgets import ADAPTER_FORMAT
 
 CATEGORY = "OneStep SR/loaders"
@@ -76,3 +77,24 @@ class OneStepSRLoadAdapter:
         vae_path = None if vae_adapter_name == "none" else folder_paths.get_full_path_or_raise(LORA_FOLDER, vae_adapter_name)
         return load_sr_adapter(model, path, strength, format, vae, vae_path, vae_strength, on_problem,
                                noise_branch_scale, condition_branch_scale)
+
+
+class OneStepSRDualBranchPatch:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "A native FLUX.1, SD3, Qwen-Image or Lumina 2 / Z-Image MODEL (from Load Diffusion Model)."}),
+        }}
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "patch"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("TEASR's dual-branch transformer with a decoupled timestep: the LR latent's tokens join the "
+                   "noise tokens at the same positions, a second time embedder (a copy of the first) takes the "
+                   "jump's target time s for the noise tokens while the LR tokens and the text keep the current "
+                   "time t. At s = t it is the base model. Sample it with family 'dual_branch' (or 'auto'); load "
+                   "dual-branch LoRAs after it; Train SR LoRA trains it.")
+
+    def patch(self, model):
+        return (dual_branch_patch(model),)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 # How each model family feeds the pair (t, s) to its network (`time_inputs`).
-FAMILIES = ("plain", "shortcut", "two_time")
+FAMILIES = ("plain", "shortcut", "two_time", "dual_branch")
 PARAMETRIZATIONS = ("flow", "ve")
 
 
@@ -56,12 +56,15 @@ def time_inputs(family: str, t: torch.Tensor, s: torch.Tensor) -> dict[str, torc
                  consistency model always jumps to 0).
     shortcut:    (t, d) with step size d = t - s (Frans et al.).
     two_time:    (t, s), as Lagrangian / Eulerian / MeanFlow maps take them.
+    dual_branch: (t, s) too, t for the current noise state and s for the target on separate time
+                 embedders (TEASR's dual-branch transformer; bridge/dual_branch.py); the sampler also
+                 hands the model the LR latent as its condition tokens.
     """
     if family == "plain":
         return {"t": t}
     if family == "shortcut":
         return {"t": t, "d": t - s}
-    if family == "two_time":
+    if family in ("two_time", "dual_branch"):
         return {"t": t, "s": s}
     raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 

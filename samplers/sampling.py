@@ -18,13 +18,18 @@ from tqdm.auto import trange
 from .flow_map import FAMILIES, add_source, denoised_from_velocity, jump, per_sample, source_estimate
 
 TARGET_KEY = "onestep_sr_target"
+# The dual_branch family's condition: the LR latent (in the model's latent space), beside the target.
+CONDITION_KEY = "onestep_sr_condition"
 
 
-def with_target(extra_args: dict, sigma_to: float, family: str) -> dict:
-    """A copy of extra_args whose transformer_options ask the model for the jump to sigma_to."""
+def with_target(extra_args: dict, sigma_to: float, family: str, condition: torch.Tensor | None = None) -> dict:
+    """A copy of extra_args whose transformer_options ask the model for the jump to sigma_to (and, for the
+    dual_branch family, hand it the LR latent `condition`)."""
     model_options = dict(extra_args.get("model_options", {}))
     transformer_options = dict(model_options.get("transformer_options", {}))
     transformer_options[TARGET_KEY] = {"sigma_to": float(sigma_to), "family": family}
+    if condition is not None:
+        transformer_options[CONDITION_KEY] = condition
     model_options["transformer_options"] = transformer_options
     return {**extra_args, "model_options": model_options}
 
@@ -33,7 +38,13 @@ def jump_target(transformer_options: dict | None, t: torch.Tensor) -> torch.Tens
     """The target time s of the jump the sampler asked for, shaped like t; s = t (the instantaneous
     velocity) when no OneStep SR sampler asked, so stock ComfyUI samplers integrate the flow."""
     target = (transformer_options or {}).get(TARGET_KEY)
-    return t if target is None else torch.full_like(t, target["sigma_to"])
+    if target is None:
+        return t
+    sigma_to = target["sigma_to"]
+    if torch.is_tensor(sigma_to):  # per-sample targets (training); repeated over batched CFG branches
+        sigma_to = sigma_to.reshape(-1).to(t)
+        return sigma_to.repeat(t.numel() // sigma_to.numel()).reshape(t.shape)
+    return torch.full_like(t, sigma_to)
 
 
 def flow_map_denoiser(net, family: str):
@@ -70,7 +81,7 @@ def default_noise_sampler(x: torch.Tensor, seed):
 @torch.no_grad()
 def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
                     family: str = "plain", gamma: float = 0.0, parametrization: str = "flow",
-                    noise_sampler=None):
+                    noise_sampler=None, condition=None):
     """Chain of flow-map jumps over `sigmas` (1..N steps, one network evaluation each).
 
     gamma = 0: deterministic, x <- X(x, t -> s) with the model asked for the jump t -> s.
@@ -81,7 +92,8 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
     is the usual any-step heuristic (src_hat is tied to the sample, not independent of it).
     `parametrization` says how data and source mix ("flow" for ComfyUI's CONST models, "ve"
     for its eps / v models); `noise_sampler(sigma, sigma_next)` draws the fresh source, as in
-    k-diffusion (default: `default_noise_sampler` seeded from extra_args["seed"]).
+    k-diffusion (default: `default_noise_sampler` seeded from extra_args["seed"]). `condition`: the LR
+    latent the dual_branch family hands the model with every jump (`with_target`).
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -96,7 +108,7 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
     for i in trange(len(sigmas) - 1, disable=disable):
         t, s = sigmas[i], sigmas[i + 1]
         target = s if gamma == 0 else 0.0
-        denoised = model(x, t * s_in, **with_target(extra_args, target, family))
+        denoised = model(x, t * s_in, **with_target(extra_args, target, family, condition))
         if callback is not None:
             callback({"x": x, "i": i, "sigma": t, "sigma_hat": t, "denoised": denoised})
         if s == 0:
@@ -111,8 +123,9 @@ def sample_flow_map(model, x, sigmas, extra_args=None, callback=None, disable=No
 
 
 def sample_consistency(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                       family: str = "plain", parametrization: str = "flow", noise_sampler=None):
+                       family: str = "plain", parametrization: str = "flow", noise_sampler=None, condition=None):
     """Consistency sampling: one step jumps straight to 0; more steps re-noise with fresh
     noise in between (the flow-map sampler with gamma = 1: every jump targets 0)."""
     return sample_flow_map(model, x, sigmas, extra_args, callback, disable, family=family,
-                           gamma=1.0, parametrization=parametrization, noise_sampler=noise_sampler)
+                           gamma=1.0, parametrization=parametrization, noise_sampler=noise_sampler,
+                           condition=condition)

@@ -5,7 +5,7 @@ a comfy.model_patcher.ModelPatcher the way comfy.sd.load_diffusion_model_state_d
 it behaves like a MODEL from ComfyUI's loaders. The SD3 and SD2 models are also written as .safetensors
 files whose layout ComfyUI's model detection recognises, so stock UNETLoader loads them by file name; FLUX
 cannot be (ComfyUI's detection fixes FLUX's head layout, which forces 3072 channels), so FLUX reaches
-prompts through the test node `TinyModel` below. The tiny VAE is a TAESD (ComfyUI loads any file with
+prompts through the test node `TinyModel` below, as do Qwen-Image and Lumina 2 / Z-Image (no files written). The tiny VAE is a TAESD (ComfyUI loads any file with
 `taesd_decoder.*` keys as a TAESD VAE), with 4 latent channels for SD2 and 16 for FLUX/SD3.
 
 The module doubles as a ComfyUI custom-node file (NODE_CLASS_MAPPINGS at the bottom) so that prompts, in
@@ -21,9 +21,11 @@ import torch
 FAMILIES = {
     "flux": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
     "sd3": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},
-    "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
+    "sd35": {"latent_channels": 16, "context_dim": 32, "pooled_dim": 32},  # SD3.5-medium: x-block self-attention
     "sd2": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
     "sd2_v": {"latent_channels": 4, "context_dim": 1024, "pooled_dim": None},
+    "qwen_image": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
+    "lumina2": {"latent_channels": 16, "context_dim": 32, "pooled_dim": None},
 }
 # files that write_model_files() puts under models/diffusion_models and models/vae
 MODEL_FILES = {"sd3": "tiny_sd3.safetensors", "sd2": "tiny_sd2.safetensors"}
@@ -70,15 +72,7 @@ def _model_config(family):
             "context_in_dim": FAMILIES["flux"]["context_dim"], "vec_in_dim": FAMILIES["flux"]["pooled_dim"],
         }
         return comfy.supported_models.Flux(unet_config), None
-    if family == "qwen_image":
-        # Qwen-Image's MMDiT from ComfyUI's own classes: 2 blocks of 2 heads of 16 channels (rope axes 4 + 6 + 6)
-        unet_config = {
-            "image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16, "num_layers": 2,
-            "attention_head_dim": 16, "num_attention_heads": 2, "axes_dims_rope": [4, 6, 6],
-            "joint_attention_dim": FAMILIES["qwen_image"]["context_dim"],
-        }
-        return comfy.supported_models.QwenImage(unet_config), None
-    if family == "sd3":
+    if family in ("sd3", "sd35"):
         # exactly what comfy.model_detection.detect_unet_config reads back from the saved file
         unet_config = {
             "in_channels": 16, "patch_size": 2, "out_channels": 16, "depth": 1, "input_size": None,
@@ -86,9 +80,22 @@ def _model_config(family):
             "context_embedder_config": {"target": "torch.nn.Linear", "params": {
                 "in_features": FAMILIES["sd3"]["context_dim"], "out_features": 64}},
             "num_patches": 1024, "pos_embed_max_size": 32, "pos_embed_scaling_factor": None,
-            "x_block_self_attn_layers": [],
+            "x_block_self_attn_layers": [0] if family == "sd35" else [],
         }
         return comfy.supported_models.SD3(unet_config), None
+    if family == "qwen_image":  # one double-stream block; latents [B, 16, 1, H, W] as ComfyUI's Wan-2.1 format
+        unet_config = {"image_model": "qwen_image", "patch_size": 2, "in_channels": 64, "out_channels": 16,
+                       "num_layers": 1, "attention_head_dim": 16, "num_attention_heads": 2,
+                       "joint_attention_dim": FAMILIES["qwen_image"]["context_dim"], "axes_dims_rope": (4, 6, 6)}
+        return comfy.supported_models.QwenImage(unet_config), None
+    if family == "lumina2":  # Z-Image's layout (its modulation needs dim >= 256), one block of each kind
+        unet_config = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "n_layers": 1,
+                       "n_refiner_layers": 1, "n_heads": 4, "n_kv_heads": 4, "multiple_of": 16,
+                       "ffn_dim_multiplier": 8.0 / 3.0, "norm_eps": 1e-5, "qk_norm": True,
+                       "cap_feat_dim": FAMILIES["lumina2"]["context_dim"], "axes_dims": [16, 24, 24],
+                       "axes_lens": [1536, 512, 512], "rope_theta": 256.0, "z_image_modulation": True,
+                       "time_scale": 1000.0, "pad_tokens_multiple": 32}
+        return comfy.supported_models.ZImage(unet_config), None
     if family in ("sd2", "sd2_v"):
         # SD2's detection needs 320 channels and 1024-d context; one level, one block, no middle block
         unet_config = {
@@ -129,6 +136,17 @@ def build_vae(latent_channels):
     import comfy.sd
 
     return comfy.sd.VAE(sd=_vae_state_dict(latent_channels))
+
+
+def build_wan_vae():
+    """A comfy.sd.VAE holding a small Wan-2.1 VAE (the architecture of Qwen-Image's VAE: one-frame video
+    latents [B, 16, 1, H / 8, W / 8]) with fixed random weights."""
+    import comfy.sd
+    from comfy.ldm.wan.vae import WanVAE
+
+    module = WanVAE(dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                    temperal_downsample=[False, True, True])
+    return comfy.sd.VAE(sd=dict(_weights("wan_vae", module)))
 
 
 def _vae_state_dict(latent_channels):

@@ -127,9 +127,10 @@ def test_time_inputs_per_family():
     assert time_inputs("plain", t, s).keys() == {"t"}
     assert torch.allclose(time_inputs("shortcut", t, s)["d"], torch.tensor([0.5]))
     assert time_inputs("two_time", t, s)["s"] is s
-    for unknown in ("eulerian", "dual_branch"):  # no network takes the dual-branch times yet: not offered
-        with pytest.raises(ValueError, match="family"):
-            time_inputs(unknown, t, s)
+    dual = time_inputs("dual_branch", t, s)  # t and s on separate embedders (bridge/dual_branch.py)
+    assert dual.keys() == {"t", "s"} and dual["t"] is t and dual["s"] is s
+    with pytest.raises(ValueError, match="family"):
+        time_inputs("eulerian", t, s)
 
 
 def test_start_modes_build_the_right_points():
@@ -260,3 +261,17 @@ def test_the_noise_of_the_largest_seed_wraps_to_seed_zero_plus_one():
     assert torch.equal(draws, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
     assert torch.equal(default_noise_sampler(x, 4)(1.0, 0.5),
                        torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+
+
+def test_per_sample_targets_and_the_dual_branch_condition_ride_in_transformer_options():
+    """Training asks for one target per sample (a [B] tensor), repeated over batched CFG branches; the
+    dual_branch family also hands the model its LR latent (CONDITION_KEY)."""
+    from onestep_sr.samplers.sampling import CONDITION_KEY, TARGET_KEY
+
+    t = torch.full((4,), 0.9)
+    options = {TARGET_KEY: {"sigma_to": torch.tensor([0.1, 0.2]), "family": "dual_branch"}}
+    assert torch.equal(jump_target(options, t), torch.tensor([0.1, 0.2, 0.1, 0.2]))
+    lr = torch.ones(1, 2)
+    extra = with_target({}, 0.5, "dual_branch", lr)["model_options"]["transformer_options"]
+    assert extra[CONDITION_KEY] is lr and extra[TARGET_KEY] == {"sigma_to": 0.5, "family": "dual_branch"}
+    assert CONDITION_KEY not in with_target({}, 0.5, "two_time")["model_options"]["transformer_options"]

@@ -22,12 +22,12 @@ import dataclasses
 
 from .flow_map_objectives import Eulerian, FlowMatching, Lagrangian, MeanFlow, Shortcut
 from .ftd_objectives import FlowTrajectoryDistillation
-from .realism_objectives import PerceptualEndpoint, SelfAdversarial, TimestepRectification, TVLPIPS
+from .realism_objectives import PerceptualEndpoint, SelfAdversarial, TEASRAnyStep, TimestepRectification, TVLPIPS
 from .sr_objectives import FlowSRConsistency, TrajectoryEndpoint
 
 OBJECTIVES = {cls.name: cls for cls in (FlowMatching, Shortcut, Lagrangian, Eulerian, MeanFlow,
                                         FlowSRConsistency, TrajectoryEndpoint, PerceptualEndpoint, TVLPIPS,
-                                        TimestepRectification, SelfAdversarial,
+                                        TimestepRectification, SelfAdversarial, TEASRAnyStep,
                                         FlowTrajectoryDistillation)}
 
 

@@ -6,7 +6,9 @@ training/objectives.py for the contract), each checkable on a toy whose answer i
 - `timestep_rectification` (TEASR): one jump to 0 from every noise level, regressed on the data;
 - `self_adversarial` (TEASR, TwinFlow-style): the model learns, on a negative-time branch, the flow
   of its own one-step samples and is rectified by the difference of real and fake velocities; no
-  teacher and no discriminator.
+  teacher and no discriminator;
+- `teasr_any_step`: the trajectory endpoint regression plus `self_adversarial` (the dual-branch
+  patch's training in Train SR LoRA).
 
 Notation: x1 the source, x0 the data, u(x, t, s) the network's average velocity, the one-step
 sample x̂ = x1 - u(x1, 1, 0), and the interpolant x_t = (1 - t) x0 + t x1.
@@ -185,3 +187,39 @@ class SelfAdversarial:
                 + self.dm_weight * dm + self.rectification_weight * rect)
         return loss, {"anchor": anchor.item(), "real": real.item(), "fake": fake.item(), "dm": dm.item(),
                       "velocity_gap": difference.abs().mean().item(), "rectification": rect.item()}
+
+
+@dataclass
+class TEASRAnyStep:
+    """TEASR's training of an any-step model, as a sum of objectives defined above (no maths of its own):
+
+        L = w_e L_trajectory_endpoint + w_sa L_self_adversarial
+
+    the any-step flow-map objective (`trajectory_endpoint`: every jump t -> s regressed onto the data
+    from states on the model's own path, so 1, 2 and 4 steps agree) plus the self-adversarial
+    distillation, whose timestep-aware rectification term (`rectification_weight`) makes the one-step
+    jump right from every noise level. For networks u(x, t, s) with a real second time input, such as
+    a MODEL through the dual-branch patch (bridge/dual_branch.py).
+    """
+
+    endpoint_weight: float = 1.0
+    self_adversarial_weight: float = 1.0
+    rectification_weight: float = 1.0
+    dm_weight: float = 0.5
+    distance: str = "l1"
+    name = "teasr_any_step"
+    gradient_calls = 2  # one network call with gradient per summed objective
+
+    def __post_init__(self):
+        if min(self.endpoint_weight, self.self_adversarial_weight) < 0:
+            raise ValueError("endpoint_weight and self_adversarial_weight must be >= 0")
+        self.endpoint = TrajectoryEndpoint(distance=self.distance)
+        self.self_adversarial = SelfAdversarial(distance=self.distance, dm_weight=self.dm_weight,
+                                                rectification_weight=self.rectification_weight)
+
+    def __call__(self, net, batch, ema_net=None, generator=None):
+        endpoint, endpoint_logs = self.endpoint(net, batch, ema_net, generator)
+        adversarial, adversarial_logs = self.self_adversarial(net, batch, ema_net, generator)
+        loss = self.endpoint_weight * endpoint + self.self_adversarial_weight * adversarial
+        return loss, {"endpoint": endpoint.item(), **{f"endpoint_{k}": v for k, v in endpoint_logs.items()},
+                      **{f"sa_{k}": v for k, v in adversarial_logs.items()}}
