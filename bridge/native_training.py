@@ -66,10 +66,11 @@ class NativeFlowNet(torch.nn.Module):
         if self.dual_options is not None:
             conditioning["transformer_options"] = {**self.dual_options, CONDITION_KEY: cond,
                                                    TARGET_KEY: {"sigma_to": s, "family": "dual_branch"}}
-        frames = self.base_model.latent_format.latent_dimensions == 3  # Qwen-Image: [B, C, 1, H, W] latents
+        # Qwen-Image's model takes [B, C, 1, H, W] latents; the objectives may hand them over as [B, C, H, W]
+        add_frame = self.base_model.latent_format.latent_dimensions == 3 and x.ndim == 4
         with torch.autograd.graph.saved_tensors_hooks(saved_activation_copy, lambda saved: saved):
-            x0 = self.base_model.apply_model(x.unsqueeze(2) if frames else x, t, **conditioning)
-        return average_velocity(x, x0.squeeze(2) if frames else x0, per_sample(t, x))
+            x0 = self.base_model.apply_model(x.unsqueeze(2) if add_frame else x, t, **conditioning)
+        return average_velocity(x, x0.squeeze(2) if add_frame else x0, per_sample(t, x))
 
 
 def saved_activation_copy(tensor: torch.Tensor) -> torch.Tensor:
