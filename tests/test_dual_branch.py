@@ -89,7 +89,7 @@ def shared_position_reference(model_patcher, family, lr):
 
 
 def max_diff(a, b):
-    return float((a - b).abs().max())
+    return float((a - b).detach().abs().max())
 
 
 @pytest.mark.parametrize("family", FAMILIES)
