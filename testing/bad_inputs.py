@@ -190,6 +190,30 @@ def train_prompt(images=None, folder=None, **widgets):
     return graph.finalize()
 
 
+FTD_DEFAULTS = dict(lora_name="matrix_ftd", steps=1, batch_size=1, rank=2, learning_rate=1e-4, lr_time=0.5, sign="+1",
+                    diversification_weight=0.0, seed=0, overwrite=True)
+
+
+def ftd_prompt(pairs: str, **widgets):
+    """Train FTD LoRA on the default model's MODEL (refused before any model is needed) -> its loss plot."""
+    graph = host_lib.new_graph()
+    train = graph.node("OneStepSR_TrainFTDLoRA", model=default_model(graph).out(0), pairs=pairs,
+                       **{**FTD_DEFAULTS, **widgets})
+    graph.node("SaveImage", images=train.out(1), filename_prefix="loss_plot")
+    return graph.finalize()
+
+
+def dual_branch_prompt():
+    """OneStep SR Dual-Branch Patch on the default model (not a native DiT) -> the one-click node."""
+    graph = host_lib.new_graph()
+    loader = default_model(graph)
+    patched = graph.node("OneStepSR_DualBranchPatch", model=loader.out(0))
+    upscale = graph.node("OneStepSR_Upscale", model=patched.out(0), vae=loader.out(1), image=odd_image(graph).out(0),
+                         **UPSCALE_DEFAULTS)
+    graph.node("SaveImage", images=upscale.out(0), filename_prefix="matrix")
+    return graph.finalize()
+
+
 def adapter_prompt(adapter_name, **widgets):
     graph = host_lib.new_graph()
     loader = default_model(graph)
@@ -438,6 +462,15 @@ def server_cases() -> list[Case]:
         Case("Train SR LoRA on a grey IMAGE batch", S,
              lambda m: train_prompt(images={"width": 40, "height": 40, "channels": 1}, lora_name="grey"),
              sane="a LoRA file", check=lora_saved("grey")),
+        # the native-model nodes (FLUX, SD3, Qwen-Image, Z-Image) given what they cannot take
+        Case("Dual-Branch Patch on the default model", S, lambda m: dual_branch_prompt(),
+             ("Dual-Branch Patch", "FlowMapSRDiffusionModel", "connect one of those")),
+        Case("family dual_branch on an unpatched MODEL", S, lambda m: upscale_prompt({}, family="dual_branch"),
+             ("family 'dual_branch'", "OneStep SR Dual-Branch Patch", "set the sampler's family to 'auto'")),
+        Case("Train FTD LoRA with pairs '../escape'", S, lambda m: ftd_prompt("../escape"),
+             ("pairs", "plain folder name", "'../escape'")),
+        Case("Train FTD LoRA with a pairs folder never written", S, lambda m: ftd_prompt("never_written"),
+             ("holds no teacher pairs", "run 'OneStep SR Teacher Pairs'", "'never_written'")),
         # unknown enum values
         *[Case(f"unknown {name}", S, lambda m, name=name: upscale_prompt({}, **{name: "bogus"}),
                (name, "not in"))
