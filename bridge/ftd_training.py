@@ -29,7 +29,7 @@ from .adapter_loading import LORA_FOLDER
 from .native_training import (LORA_KEY_PREFIX, NativeFlowNet, check_flow_sampling, model_conditioning,
                               unfrozen_inference_weights)
 from .teacher_pairs import existing_pairs_folder, read_pairs
-from .training_runs import TRAINING_FOLDER, lora_output_path, lora_spec
+from .training_runs import TRAINING_FOLDER, lora_output_path, lora_spec, train_in_node
 
 NODE = "OneStep SR Train FTD LoRA"
 
@@ -74,7 +74,6 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
     comfy.model_management.load_models_gpu([model])
     base_model = model.model
     diffusion_model = base_model.diffusion_model
-    progress = comfy.utils.ProgressBar(steps)
     was_training = diffusion_model.training
     # ComfyUI runs nodes under torch.inference_mode, in which nothing can be trained.
     with torch.inference_mode(False):
@@ -88,17 +87,7 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
                                             "batch": batch_size, "family": "plain",
                                             "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
                                             "start_sigma": lr_time, "latent_shape": list(z_hr.shape[1:])})
-
-            def on_step(done: int) -> None:
-                progress.update_absolute(done, steps)
-                comfy.model_management.throw_exception_if_processing_interrupted()
-
-            try:
-                summary = trainer.train(on_step)
-            except comfy.model_management.InterruptProcessingException:
-                trainer.save_checkpoint()  # the steps done so far; the same lora_name resumes from here
-                raise
-            progress.update_absolute(steps, steps)
+            summary = train_in_node(trainer, steps)
             trainer.export(target, prefix=LORA_KEY_PREFIX, ema=False, overwrite=overwrite)
         finally:
             if trainer is not None:  # the MODEL's blocks get their own forward back

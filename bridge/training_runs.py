@@ -142,6 +142,24 @@ def default_model_consistency(model) -> str:
     return getattr(OBJECTIVES.get(name), "fidelity_part", name)
 
 
+def train_in_node(trainer, steps: int) -> dict:
+    """trainer.train with ComfyUI's progress bar and interrupt button. An interrupted run saves the steps done
+    so far as a checkpoint (the same lora_name resumes from there) and re-raises."""
+    progress = comfy.utils.ProgressBar(steps)
+
+    def on_step(done: int) -> None:
+        progress.update_absolute(done, steps)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    try:
+        summary = trainer.train(on_step)
+    except comfy.model_management.InterruptProcessingException:
+        trainer.save_checkpoint()
+        raise
+    progress.update_absolute(steps, steps)
+    return summary
+
+
 def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_size: int, scale: int, rank: int,
                   learning_rate: float, adversarial_weight: float, discriminator: str, seed: int,
                   overwrite: bool = False, images=None, folder: str = "", real_degradation: float = 0.2,
@@ -173,20 +191,10 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
                 "real_fraction": real_degradation}
     make_trainer = (partial(native_lora_trainer, model, vae, positive) if native
                     else partial(default_model_trainer, model, vae))
-    progress = comfy.utils.ProgressBar(steps)
     # ComfyUI runs nodes under torch.inference_mode, in which nothing can be trained.
     with torch.inference_mode(False), make_trainer(crops, spec, objective, config, batch_size, crop_size, scale,
                                                    real_degradation, discriminator, metadata) as trainer:
-        def on_step(done: int) -> None:
-            progress.update_absolute(done, steps)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
-        try:
-            summary = trainer.train(on_step)
-        except comfy.model_management.InterruptProcessingException:
-            trainer.save_checkpoint()  # the steps done so far; the same lora_name resumes from here
-            raise
-        progress.update_absolute(steps, steps)
+        summary = train_in_node(trainer, steps)
         # the adapter as trained (an EMA lags in short runs)
         trainer.export(target, prefix=LORA_KEY_PREFIX if native else COMFY_DEFAULT_MODEL_PREFIX, ema=False,
                        overwrite=overwrite)
