@@ -156,6 +156,40 @@ def _worst(a: dict, b: dict) -> float:
     return max(float((torch.as_tensor(a[k]) - torch.as_tensor(b[k])).abs().max()) for k in a)
 
 
+def test_the_shipped_wrap_list_is_cut_to_the_blocks_the_net_has():
+    """accelerate refuses a wrap list naming a class the net lacks, and the shipped configs name FLUX's and
+    Qwen-Image's blocks together: the trainer keeps the classes present (none: one unit, as the small net)."""
+    import types
+
+    import torch
+    import yaml
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from onestep_sr.training.sharding import enable_fsdp
+
+    class DoubleStreamBlock(torch.nn.Linear):
+        pass
+
+    class SingleStreamBlock(torch.nn.Linear):
+        pass
+
+    names = yaml.safe_load((CONFIGS / "fsdp_bf16.yaml").read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"]
+    flux_like = torch.nn.Sequential(DoubleStreamBlock(2, 2), SingleStreamBlock(2, 2))
+
+    def plugin():
+        return FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                              transformer_cls_names_to_wrap=names.split(","))
+
+    with pytest.raises(ValueError, match="Could not find the transformer layer class QwenImageTransformerBlock"):
+        plugin().set_auto_wrap_policy(flux_like)  # what accelerate.prepare did with the shipped list
+    fitted = plugin()
+    enable_fsdp(types.SimpleNamespace(state=types.SimpleNamespace(distributed_type=DistributedType.FSDP,
+                                                                  fsdp_plugin=fitted)), flux_like)
+    assert fitted.transformer_cls_names_to_wrap == ["DoubleStreamBlock", "SingleStreamBlock"]
+    fitted.set_auto_wrap_policy(flux_like)
+    assert fitted.auto_wrap_policy(flux_like[0], recurse=False, nonwrapped_numel=0)
+
+
 @pytest.mark.slow
 def test_fsdp_on_two_processes_equals_one_process_and_resumes_and_exports(tmp_path):
     from onestep_sr.files.tensors import load_tensors
