@@ -3,7 +3,8 @@
 and the exports, and the launch config's FSDP fitted to the net and to CPU (gloo) processes.
 
 Checkpoints stay what a one-process run writes (training/checkpoint.py): the full state_dict and the optimizer
-state keyed by the index of each trainable parameter, so a run may resume under another engine or world size.
+state keyed by the index of each trainable parameter, the same under every engine (resuming under another
+engine or world size is untested).
 """
 
 from __future__ import annotations
