@@ -289,6 +289,7 @@ class Trainer:
         if ema and self.ema_net is None:
             raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
         weights = self.ema_net.state_dict() if ema else model_state(self.accelerator, self.net, self.engine_net)
+        self.accelerator.wait_for_everyone()  # every process checked `path` before the main one writes it
         if self.is_main_process:
             save_tensors(path, weights, {**self._metadata(), "weights": "ema" if ema else "raw"})
         self.accelerator.wait_for_everyone()
