@@ -116,6 +116,9 @@ def _worker(out: Path, phase: str) -> None:
             assert trainer.step == CHECKPOINT_EVERY, trainer.step
             trainer.train()
             _finish(trainer, out, mode, "interrupted")
+    if torch.distributed.is_initialized():  # a rank once aborted at exit without it ('terminate called without an
+        torch.distributed.barrier()         # active exception', SIGABRT) after writing everything
+        torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
