@@ -9,6 +9,7 @@ adapters); training/adversarial.py adds a discriminator to it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from ..adapters.lora import COMFY_DEFAULT_MODEL_PREFIX, LoraSpec, add_lora, lora_layers, save_lora
 from .objectives import objective_options
+from .sharding import gathered
 from .trainer import TrainConfig, Trainer, seeded_rng
 
 
@@ -67,8 +69,10 @@ class LoRATrainer(Trainer):
         source = self.lora_network(self.ema_net if ema else self.net)
         if not lora_layers(source):
             raise RuntimeError("the generator lost its LoRA layers")
-        if not self.is_main_process:
-            return Path(path)
-        return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix,
-                         metadata={"recipe": self.recipe(), "weights": "ema" if ema else "raw"},
-                         overwrite=overwrite)
+        # FSDP2: the trained net's full weights, gathered on every process (the EMA copy is never sharded)
+        with contextlib.nullcontext() if ema else gathered(self.accelerator, self.net):
+            if not self.is_main_process:
+                return Path(path)
+            return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix,
+                             metadata={"recipe": self.recipe(), "weights": "ema" if ema else "raw"},
+                             overwrite=overwrite)

@@ -1,4 +1,4 @@
-"""A small, task-agnostic training loop for flow-map networks (accelerate: one process or DDP).
+"""A small, task-agnostic training loop for flow-map networks (accelerate: one process, DDP or FSDP2).
 
     trainer = Trainer(net, "shortcut", batches, TrainConfig(output_dir="runs/x", steps=2000),
                       metadata={"family": "shortcut", "start_mode": "lr"})
@@ -37,6 +37,7 @@ from .ema import make_ema, update_ema
 from .objectives import make_objective, objective_options
 from .plotting import loss_curve
 from .processes import average_gradients, broadcast_state
+from .sharding import enable_fsdp, gathered, load_model_state, load_optimizer_state, model_state, optimizer_state
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LOSS_CURVE_NAME = "loss_curve.png"
@@ -148,9 +149,8 @@ class Trainer:
             precision = "bf16" if native_bf16("cpu" if cpu else "cuda") else "no"  # see models/precision.py
         self.accelerator = Accelerator(mixed_precision=precision, cpu=cpu,
                                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-        # engine "manual" leaves the net unwrapped (DDP's forward cannot run inside torch.func.jvp: MeanFlow,
-        # Lagrangian, Eulerian): the processes start equal (`_broadcast_state`) and average gradients here
-        # (`_average_gradients`). Engine "accelerate" calls the objective on accelerate's wrapper of the net.
+        # engine "manual": the net unwrapped (DDP's forward fails inside torch.func.jvp), started equal and its gradients
+        # averaged here (processes.py); "accelerate": the objective calls accelerate's wrapper (or FSDP2's sharded net)
         self.net = net.to(self.accelerator.device)
         self.ema_net = None if config.ema_decay is None else make_ema(self.net)
         self.checkpointed_blocks = []
@@ -169,6 +169,7 @@ class Trainer:
         self.engine_net = self.net
         if config.engine == "accelerate":
             self._check_engine()
+            enable_fsdp(self.accelerator, self.net)  # FSDP2 shards the net in place (engine_net is net)
             self.engine_net, self.optimizer = self.accelerator.prepare(self.net, optimizer)
         else:
             self.optimizer = self.accelerator.prepare(optimizer)
@@ -206,12 +207,8 @@ class Trainer:
 
     def _broadcast_state(self) -> None:
         # under engine "accelerate" the wrapper syncs the net itself (and may have sharded it): only the EMA here
-        modules = (self.net, self.ema_net) if self.engine_net is self.net else (self.ema_net,)
+        modules = (self.net, self.ema_net) if self.config.engine == "manual" else (self.ema_net,)
         broadcast_state(modules, self.accelerator.num_processes)
-
-    def _average_gradients(self) -> None:
-        if self.config.engine == "manual":  # the engine's wrapper (DDP, FSDP, DeepSpeed) reduces them itself
-            average_gradients(self.net, self.accelerator.num_processes)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -229,15 +226,13 @@ class Trainer:
         return {name for name, p in self.net.named_parameters() if not p.requires_grad}
 
     def _run_state(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        frozen = self._frozen_parameters()
-        if module is self.net and self.engine_net is not self.net:  # the engine gathers what it shards (FSDP, ZeRO)
-            state = self.accelerator.get_state_dict(self.engine_net)
-        else:
-            state = module.state_dict()
+        frozen = self._frozen_parameters()  # the net's state gathered where the engine shards it (sharding.py)
+        state = model_state(self.accelerator, self.net, self.engine_net) if module is self.net else module.state_dict()
         return {k: v for k, v in state.items() if k not in frozen}
 
     def _load_run_state(self, module: torch.nn.Module, state: dict[str, torch.Tensor], path) -> None:
-        missing, unexpected = module.load_state_dict(state, strict=False)
+        missing, unexpected = (load_model_state(self.accelerator, module, state) if module is self.net
+                               else module.load_state_dict(state, strict=False))
         missing = sorted(set(missing) - self._frozen_parameters())
         if missing or unexpected:
             raise ValueError(f"{path} does not fit this network: missing {missing[:8]}, unexpected "
@@ -248,8 +243,9 @@ class Trainer:
         (main process; atomic)."""
         path = Path(path) if path is not None else self.checkpoint_path
         net_state = self._run_state(self.net)  # on every process: an engine that shards the net gathers it
+        opt_state = optimizer_state(self.accelerator, self.net, self.optimizer)  # and the optimizer state
         if self.is_main_process:
-            opt_tensors, opt_rest = flatten_optimizer(self.optimizer.optimizer.state_dict())
+            opt_tensors, opt_rest = flatten_optimizer(opt_state)
             tensors = {**prefixed("net", net_state),
                        **(prefixed("ema", self._run_state(self.ema_net)) if self.ema_net is not None else {}),
                        **prefixed("optimizer", opt_tensors),
@@ -275,8 +271,8 @@ class Trainer:
         if self.ema_net is not None:
             ema = unprefixed("ema", tensors)
             self._load_run_state(self.ema_net, ema or unprefixed("net", tensors), path)  # no EMA saved: start it here
-        self.optimizer.optimizer.load_state_dict(
-            unflatten_optimizer(unprefixed("optimizer", tensors), meta["optimizer"]))
+        load_optimizer_state(self.accelerator, self.net, self.optimizer,
+                             unflatten_optimizer(unprefixed("optimizer", tensors), meta["optimizer"]))
         for group in self.optimizer.optimizer.param_groups:  # this run's settings win
             group.update(lr=self.config.lr, weight_decay=self.config.weight_decay, betas=tuple(self.config.betas))
         self.losses = tensors["history.loss"].tolist()
@@ -292,8 +288,9 @@ class Trainer:
             raise FileExistsError(f"{path} exists; pass overwrite=True or choose another path")
         if ema and self.ema_net is None:
             raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
+        weights = self.ema_net.state_dict() if ema else model_state(self.accelerator, self.net, self.engine_net)
+        self.accelerator.wait_for_everyone()  # every process checked `path` before the main one writes it
         if self.is_main_process:
-            weights = (self.ema_net if ema else self.net).state_dict()
             save_tensors(path, weights, {**self._metadata(), "weights": "ema" if ema else "raw"})
         self.accelerator.wait_for_everyone()
         return path
@@ -372,7 +369,8 @@ class Trainer:
                 accelerator.backward(loss / config.grad_accumulation)
                 total += loss.detach() / config.grad_accumulation
                 samples += batch_size * accelerator.num_processes
-            self._average_gradients()
+            if config.engine == "manual":  # the engine's wrapper (DDP, FSDP, DeepSpeed) reduces them itself
+                average_gradients(self.net, accelerator.num_processes)
             for group in self.optimizer.param_groups:
                 group["lr"] = config.lr_at(self.step)
             if config.max_grad_norm is not None:
@@ -380,7 +378,8 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema_net is not None:
-                update_ema(self.ema_net, self.net, config.ema_decay)
+                with gathered(accelerator, self.net):  # FSDP2: the full parameters, on every process
+                    update_ema(self.ema_net, self.net, config.ema_decay)
             self.step += 1
             self.losses.append(accelerator.reduce(total, "mean").item())
 
