@@ -254,23 +254,30 @@ def load_lora(net: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """
     spec, weights, _ = read_lora(path)
     add_lora(net, spec)
+    copy_lora_weights(net, weights, path)
+    return net
+
+
+def copy_lora_weights(net: torch.nn.Module, weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                      source: str | os.PathLike) -> None:
+    """Copy {module path: (A, B)} (`read_lora`'s) into the LoRA layers of `net`, which must be exactly the
+    stored modules with the stored shapes: a clear error names what does not match (`source`, the file)."""
     layers = lora_layers(net)
     unknown = sorted(set(weights) - set(layers))
     missing = sorted(set(layers) - set(weights))
     if unknown or missing:
-        raise ValueError(f"LoRA {path} does not fit {type(net).__name__}: modules not in the network "
+        raise ValueError(f"LoRA {source} does not fit {type(net).__name__}: modules not in the network "
                          f"{unknown[:8]}, adapted modules missing from the file {missing[:8]}; was it "
-                         "trained on another base model?")
+                         "trained on another base model, or with other target modules?")
     with torch.no_grad():
         for name, (down, up) in weights.items():
             layer = layers[name]
             for target, value, label in ((layer.lora_A[ADAPTER].weight, down, "A"),
                                          (layer.lora_B[ADAPTER].weight, up, "B")):
                 if target.shape != value.shape:
-                    raise ValueError(f"LoRA {path}: {name} {label} has shape {tuple(value.shape)}, the "
-                                     f"network needs {tuple(target.shape)}")
+                    raise ValueError(f"LoRA {source}: {name} {label} has shape {tuple(value.shape)}, the "
+                                     f"network needs {tuple(target.shape)} (another rank?)")
                 target.copy_(value)
-    return net
 
 
 def merged_lora(net: torch.nn.Module, path: str | os.PathLike, strength: float = 1.0) -> torch.nn.Module:

@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     parser.add_argument("--base", default=str(DEFAULT_BASE),
                         help="the default model's weights (or a training checkpoint of it: its EMA is used)")
     parser.add_argument("--output-dir", default=str(runs_dir() / "adapter"), help="the run (default: %(default)s)")
+    parser.add_argument("--init-adapter", default=None,
+                        help="a LoRA file of this script to train further (same --rank, --alpha, --targets)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=96, help="HR crop side (a multiple of 8)")
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
     if not base.is_file():
         parser.error(f"--base {base} does not exist: train the default model first "
                      "(scripts/train_default.py) or point --base at its weights")
+    if args.init_adapter and not Path(args.init_adapter).is_file():
+        parser.error(f"--init-adapter {args.init_adapter} does not exist")
     if args.export and Path(args.export).exists() and not args.overwrite:
         parser.error(f"--export {args.export} exists; pass --overwrite or choose another path")
     torch.set_num_threads(args.threads)
@@ -129,9 +133,10 @@ def main(argv=None) -> int:
         trainer = AdversarialLoRATrainer(net, spec, objective, batches, config, probe=probe,
                                          discriminator=args.discriminator, metadata=metadata,
                                          discriminator_options=({"feature_time": args.feature_time}
-                                                                if args.discriminator == "features" else None))
+                                                                if args.discriminator == "features" else None),
+                                         initial=args.init_adapter)
     else:
-        trainer = LoRATrainer(net, spec, objective, batches, config, metadata=metadata)
+        trainer = LoRATrainer(net, spec, objective, batches, config, metadata=metadata, initial=args.init_adapter)
     summary = trainer.train()
     print(f"step {summary['step']} loss {summary['loss']:.4g} ({summary['samples_per_s']:.2f} samples/s)")
     if args.export:

@@ -162,3 +162,24 @@ def test_checkpoints_hold_the_run_not_the_frozen_base(trained):
         AdversarialLoRATrainer(copy.deepcopy(base), LoraSpec(rank=4, alpha=2.0, target_modules=("conv1",)),
                                AdversarialLoRA(), sr_batches, trainer.config,
                                probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2, discriminator="patch")
+
+
+def test_training_further_starts_from_the_given_adapter(trained, tmp_path):
+    """`initial`: step 0 of the new run is the saved adapter (its generator equals the file loaded on a
+    fresh base, and its EMA starts there too); a file of another rank is refused by name."""
+    base, trainer = trained
+    path = save_lora(tmp_path / "first.safetensors", trainer.generator, trainer.spec)
+    further = AdversarialLoRATrainer(
+        copy.deepcopy(base), trainer.spec, AdversarialLoRA(), sr_batches,
+        TrainConfig(output_dir=str(tmp_path / "further"), steps=1, lr=2e-2, ema_decay=0.5, progress=False),
+        probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2, discriminator="patch", initial=path)
+    expected = load_lora(copy.deepcopy(base), path)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    for net in (further.generator, further.lora_network(further.ema_net)):
+        assert torch.equal(call(net, x, 0.8, 0.0, x), call(expected, x, 0.8, 0.0, x))
+    assert not torch.equal(call(expected, x, 0.8, 0.0, x), call(base, x, 0.8, 0.0, x))  # the file holds an update
+    assert further.metadata["initial_lora"] == "first.safetensors"
+    with pytest.raises(ValueError, match="rank 4 .*--rank"):
+        AdversarialLoRATrainer(copy.deepcopy(base), LoraSpec(rank=8, alpha=4.0), AdversarialLoRA(), sr_batches,
+                               TrainConfig(output_dir=str(tmp_path / "other"), steps=1, progress=False),
+                               probe=(torch.zeros(1, 3, SIZE, SIZE),) * 2, discriminator="patch", initial=path)

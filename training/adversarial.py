@@ -163,9 +163,10 @@ class AdversarialLoRATrainer(LoRATrainer):
 
     def __init__(self, net: nn.Module, spec: LoraSpec, objective: AdversarialLoRA, batches,
                  config: TrainConfig, probe: tuple[torch.Tensor, torch.Tensor], discriminator: str = "features",
-                 discriminator_options: dict | None = None, metadata: dict | None = None):
+                 discriminator_options: dict | None = None, metadata: dict | None = None,
+                 initial: str | None = None):
         self.discriminator_recipe = (discriminator, probe, discriminator_options or {})
-        super().__init__(net, spec, objective, batches, config, metadata=metadata)
+        super().__init__(net, spec, objective, batches, config, metadata=metadata, initial=initial)
 
     def trained_module(self, net: nn.Module) -> nn.Module:
         kind, probe, options = self.discriminator_recipe

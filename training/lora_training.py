@@ -15,7 +15,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..adapters.lora import COMFY_DEFAULT_MODEL_PREFIX, LoraSpec, add_lora, lora_layers, save_lora
+from ..adapters.lora import (COMFY_DEFAULT_MODEL_PREFIX, LoraSpec, add_lora, copy_lora_weights, lora_layers, read_lora,
+                             save_lora)
+from ..files.digest import file_sha256
 from .objectives import objective_options
 from .sharding import gathered
 from .trainer import TrainConfig, Trainer, seeded_rng
@@ -26,13 +28,24 @@ class LoRATrainer(Trainer):
     progress, checkpoints, resume, EMA and accelerate support; `export` writes the (EMA) adapter.
 
     metadata: recorded in checkpoints and in exported LoRA files (base model, data, command).
+    initial: a LoRA file of `save_lora` with the same spec to start from instead of a fresh LoRA (training
+    an adapter further); a checkpoint in the run's folder still takes precedence when the run resumes.
     Subclasses train a module built around the LoRA network (`trained_module`, `lora_network`).
     """
 
     def __init__(self, net: nn.Module, spec: LoraSpec, objective, batches, config: TrainConfig,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, initial: str | Path | None = None):
         with seeded_rng(config.seed):  # the LoRA's A (and whatever trained_module adds) start the same every run
             add_lora(net, spec)
+            if initial is not None:
+                initial_spec, weights, _ = read_lora(initial)
+                if (initial_spec.rank, initial_spec.scaling) != (spec.rank, spec.scaling):
+                    raise ValueError(f"initial LoRA {initial} has rank {initial_spec.rank} and scaling "
+                                     f"{initial_spec.scaling:g}; this run's are {spec.rank} and {spec.scaling:g}: "
+                                     "train with the file's --rank and --alpha")
+                copy_lora_weights(net, weights, initial)
+                metadata = {**(metadata or {}), "initial_lora": Path(initial).name,
+                            "initial_lora_sha256": file_sha256(initial)}
             module = self.trained_module(net)
         self.spec = spec
         super().__init__(module, objective, batches, config,
