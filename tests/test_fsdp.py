@@ -5,10 +5,15 @@ global batch; their checkpoints hold the full (unsharded) weights, EMA and optim
 a run interrupted after a checkpoint and launched again on the same output_dir ends where an uninterrupted run
 ends; the exported weights and LoRA files equal the 1-process exports.
 
+A run interrupted on one process resumes on two (FSDP2) and one interrupted on two resumes on one, each ending
+where the uninterrupted runs end: the checkpoint's layout does not depend on the world size.
+
 Run as a script, this file is the worker: `accelerate launch` runs it on N processes, phase "run" trains both
-networks uninterrupted (and, on 2 processes, a copy that stops at step INTERRUPT after the checkpoint at step
-CHECKPOINT_EVERY), phase "resume" launches the stopped copies again; phase "ddp" trains them uninterrupted on
-2 processes under DDP (accelerate's --multi_gpu on CPU), the reference for the order of FSDP2's reductions.
+networks uninterrupted, a copy "from{N}" that stops at step INTERRUPT after the checkpoint at step
+CHECKPOINT_EVERY (resumed at the other world size), and on 2 processes a copy "interrupted" (resumed on 2);
+phase "resume" launches "interrupted" again on 2 processes, phase "cross" launches the other world size's
+"from" copy; phase "ddp" trains both uninterrupted on 2 processes under DDP (accelerate's --multi_gpu on CPU),
+the reference for the order of FSDP2's reductions.
 """
 
 import json
@@ -32,6 +37,7 @@ INTERRUPT = 4  # the interrupted run stops before its 5th step: its last good ch
 TOLERANCE_WORLD = 1e-5
 TOLERANCE = 1e-6  # FSDP2 vs DDP on the same 2 processes, resumed vs uninterrupted (both measured 0)
 MODES = ("full", "lora")
+CHECKPOINTED = "lora_checkpointed"  # the LoRA run with gradient checkpointing on every block (phase "run" only)
 
 
 class Interrupted(Exception):
@@ -56,9 +62,10 @@ def _trainer(out: Path, mode: str, name: str, world: int):
     net = FlowMapSRNet(width=16, blocks=2)
     torch.nn.init.normal_(net.conv_out.weight, std=0.02)  # not zero: the LoRA's B = 0 must get gradients
     config = TrainConfig(output_dir=str(out / f"{name}-{mode}"), steps=STEPS, lr=1e-2, progress=False,
-                         checkpoint_every=CHECKPOINT_EVERY, mixed_precision="no", ema_decay=0.9, engine="accelerate")
+                         checkpoint_every=CHECKPOINT_EVERY, mixed_precision="no", ema_decay=0.9, engine="accelerate",
+                         gradient_checkpointing="auto" if mode == CHECKPOINTED else "")
     objective = FlowTrajectoryDistillation(lr_fraction=1.0)  # deterministic given the batch
-    if mode == "lora":
+    if mode.startswith("lora"):
         return LoRATrainer(net, LoraSpec(rank=4, target_modules=("conv1", "conv2")), objective, loader, config)
     return Trainer(net, objective, loader, config)
 
@@ -68,7 +75,7 @@ def _finish(trainer, out: Path, mode: str, name: str) -> None:
 
     from onestep_sr.training.sharding import model_state
 
-    if mode == "lora":
+    if mode.startswith("lora"):
         trainer.export(out / f"{name}-{mode}-raw.safetensors", ema=False)
         trainer.export(out / f"{name}-{mode}-ema.safetensors")
     else:
@@ -82,6 +89,27 @@ def _finish(trainer, out: Path, mode: str, name: str) -> None:
             "wrapper": type(trainer.engine_net).__name__, "param": type(param).__name__,
             "local": local.numel(), "numel": param.numel(), "losses": trainer.losses, "step": trainer.step,
             "weights": {k: v.tolist() for k, v in weights.items()}}))
+
+
+def _interrupted_run(out: Path, mode: str, name: str, world: int) -> None:
+    trainer = _trainer(out, mode, name, world)
+
+    def stop(step):
+        if step == INTERRUPT:
+            raise Interrupted
+
+    try:
+        trainer.train(on_step=stop)
+    except Interrupted:
+        pass
+    assert trainer.step == INTERRUPT
+
+
+def _resumed_run(out: Path, mode: str, name: str, world: int) -> None:
+    trainer = _trainer(out, mode, name, world)  # the interrupted run's output_dir: resumes from step 3
+    assert trainer.step == CHECKPOINT_EVERY, trainer.step
+    trainer.train()
+    _finish(trainer, out, mode, name)
 
 
 def _worker(out: Path, phase: str) -> None:
@@ -98,24 +126,18 @@ def _worker(out: Path, phase: str) -> None:
             _finish(trainer, out, mode, name)
             if trainer.accelerator.is_main_process:
                 (out / f"{name}-{mode}.seconds").write_text(str(time.perf_counter() - started))
-            if world == 1 or phase == "ddp":
-                continue
-            trainer = _trainer(out, mode, "interrupted", world)
-
-            def stop(step):
-                if step == INTERRUPT:
-                    raise Interrupted
-
-            try:
-                trainer.train(on_step=stop)
-            except Interrupted:
-                pass
-            assert trainer.step == INTERRUPT
-        else:
-            trainer = _trainer(out, mode, "interrupted", world)  # the same output_dir: resumes from step 3
-            assert trainer.step == CHECKPOINT_EVERY, trainer.step
-            trainer.train()
-            _finish(trainer, out, mode, "interrupted")
+            if phase == "run":
+                _interrupted_run(out, mode, f"from{world}", world)
+                if world == 2:
+                    _interrupted_run(out, mode, "interrupted", world)
+        elif phase == "resume":
+            _resumed_run(out, mode, "interrupted", world)
+        else:  # "cross": the run interrupted at the other world size
+            _resumed_run(out, mode, f"from{3 - world}", world)
+    if phase == "run":
+        trainer = _trainer(out, CHECKPOINTED, f"world{world}", world)
+        trainer.train()
+        _finish(trainer, out, CHECKPOINTED, f"world{world}")
     if torch.distributed.is_initialized():  # a rank once aborted at exit without it ('terminate called without an
         torch.distributed.barrier()         # active exception', SIGABRT) after writing everything
         torch.distributed.destroy_process_group()
@@ -200,11 +222,14 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes_and_exports(tmp_pa
     _launch(tmp_path, 1, "run")
     _launch(tmp_path, 2, "run")
     _launch(tmp_path, 2, "resume")
+    _launch(tmp_path, 1, "cross")
+    _launch(tmp_path, 2, "cross")
     _launch(tmp_path, 2, "ddp")
     lines = []
     for mode in MODES:
-        one, two, resumed, ddp = (json.loads((tmp_path / f"{name}-{mode}.json").read_text())
-                                  for name in ("world1", "world2", "interrupted", "ddp"))
+        one, two, resumed, ddp, two_then_one, one_then_two = (
+            json.loads((tmp_path / f"{name}-{mode}.json").read_text())
+            for name in ("world1", "world2", "interrupted", "ddp", "from2", "from1"))
         # really sharded: FSDP2's in-place wrapper, DTensor parameters holding half of each tensor here
         assert one["wrapper"] == "FlowMapSRNet" and two["wrapper"] == "FSDPFlowMapSRNet"
         assert two["param"] == "DTensor" and two["local"] < two["numel"]
@@ -213,11 +238,14 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes_and_exports(tmp_pa
         worst = {"weights 1 vs 2 processes": _worst(one["weights"], two["weights"]),
                  "weights resumed vs uninterrupted": _worst(two["weights"], resumed["weights"]),
                  "weights FSDP2 vs DDP": _worst(two["weights"], ddp["weights"]),
+                 # resumed at the other world size: the steps after the checkpoint sum as that world does
+                 "weights 2 then 1 vs 1 processes": _worst(one["weights"], two_then_one["weights"]),
+                 "weights 1 then 2 vs 2 processes": _worst(two["weights"], one_then_two["weights"]),
                  "losses 1 vs 2 processes": _worst({"l": one["losses"]}, {"l": two["losses"]}),
                  "losses resumed vs uninterrupted": _worst({"l": two["losses"]}, {"l": resumed["losses"]})}
         # the checkpoints: full weights, EMA and optimizer state, equal to one process's
         ckpt = {name: load_tensors(tmp_path / f"{name}-{mode}" / "checkpoint.safetensors")
-                for name in ("world1", "world2", "interrupted")}
+                for name in ("world1", "world2", "interrupted", "from2", "from1")}
         for name, (tensors, meta) in ckpt.items():
             assert meta["step"] == STEPS, name
             assert sorted(tensors) == sorted(ckpt["world1"][0]), name
@@ -226,15 +254,28 @@ def test_fsdp_on_two_processes_equals_one_process_and_resumes_and_exports(tmp_pa
             assert meta["optimizer"] == ckpt["world1"][1]["optimizer"], name
         worst["checkpoint 1 vs 2 processes"] = _worst(ckpt["world1"][0], ckpt["world2"][0])
         worst["checkpoint resumed vs uninterrupted"] = _worst(ckpt["world2"][0], ckpt["interrupted"][0])
+        worst["checkpoint 2 then 1 vs 1 processes"] = _worst(ckpt["world1"][0], ckpt["from2"][0])
+        worst["checkpoint 1 then 2 vs 2 processes"] = _worst(ckpt["world2"][0], ckpt["from1"][0])
         for kind in ("raw", "ema"):
             files = {name: load_tensors(tmp_path / f"{name}-{mode}-{kind}.safetensors")[0]
-                     for name in ("world1", "world2", "interrupted")}
+                     for name in ("world1", "world2", "interrupted", "from2", "from1")}
             worst[f"{kind} export 1 vs 2 processes"] = _worst(files["world1"], files["world2"])
             worst[f"{kind} export resumed vs uninterrupted"] = _worst(files["world2"], files["interrupted"])
+            worst[f"{kind} export 2 then 1 vs 1 processes"] = _worst(files["world1"], files["from2"])
+            worst[f"{kind} export 1 then 2 vs 2 processes"] = _worst(files["world2"], files["from1"])
         seconds = [float((tmp_path / f"world{w}-{mode}.seconds").read_text()) for w in (1, 2)]
         lines.append(f"{mode}: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items())
                      + f"; {STEPS} steps in {seconds[0]:.1f} s (1 process) / {seconds[1]:.1f} s (2, FSDP2)")
-        assert all(v <= (TOLERANCE_WORLD if "1 vs 2" in k else TOLERANCE) for k, v in worst.items()), lines[-1]
+        assert all(v <= (TOLERANCE_WORLD if " 1 vs 2 " in k or " then " in k else TOLERANCE)
+                   for k, v in worst.items()), lines[-1]
+    # gradient checkpointing under FSDP2 (the blocks' activations recomputed in the backward): the same weights
+    plain = json.loads((tmp_path / "world1-lora.json").read_text())
+    checkpointed = {w: json.loads((tmp_path / f"world{w}-{CHECKPOINTED}.json").read_text()) for w in (1, 2)}
+    assert checkpointed[2]["wrapper"] == "FSDPFlowMapSRNet"
+    worst = {"1 process": _worst(plain["weights"], checkpointed[1]["weights"]),
+             "2 processes (FSDP2)": _worst(plain["weights"], checkpointed[2]["weights"])}
+    lines.append("gradient checkpointing vs none, LoRA weights: " + ", ".join(f"{k} {v:.3g}" for k, v in worst.items()))
+    assert worst["1 process"] <= TOLERANCE and worst["2 processes (FSDP2)"] <= TOLERANCE_WORLD, lines[-1]
     print("\nFSDP2 (configs/accelerate/fsdp_bf16.yaml on CPU, float32), 2 gloo processes vs 1, global batch "
           f"{GLOBAL_BATCH}, tolerance {TOLERANCE_WORLD} (1 vs 2 processes) / {TOLERANCE}:\n" + "\n".join(lines))
 
