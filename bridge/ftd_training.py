@@ -28,28 +28,26 @@ from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
 from .adapter_loading import LORA_FOLDER
 from .native_training import (LORA_KEY_PREFIX, NativeFlowNet, check_flow_sampling, model_conditioning,
                               unfrozen_inference_weights)
-from .teacher_pairs import existing_pairs_folder, read_pairs
+from .teacher_pairs import existing_pairs_folder, pair_files, read_pair_batch
 from .training_runs import TRAINING_FOLDER, lora_output_path, lora_spec, train_in_node
 
 NODE = "OneStep SR Train FTD LoRA"
 
 
-def ftd_batches(z_hr: torch.Tensor, noise: torch.Tensor, z_lr: torch.Tensor, batch_size: int):
-    """batches(generator) -> {"x0": z_H, "x1": ε, "lr": z_L, "cond": z_L}: pairs drawn with replacement."""
+def ftd_batches(base_model, files: list[Path], batch_size: int):
+    """batches(generator) -> {"x0": z_H, "x1": ε, "lr": z_L, "cond": z_L}: pairs drawn with replacement, read
+    from disk per batch. Latents go through process_latent_in into the model's space, as ComfyUI's samplers
+    hand LATENT samples to the model; the noise is the model's input at sigma 1 as it is."""
 
     def draw(generator: torch.Generator) -> dict:
-        index = torch.randint(0, z_hr.shape[0], (batch_size,), generator=generator, device=generator.device).cpu()
-        return {"x0": z_hr[index], "x1": noise[index], "lr": z_lr[index], "cond": z_lr[index]}
+        index = torch.randint(0, len(files), (batch_size,), generator=generator, device=generator.device).cpu()
+        pairs = read_pair_batch(files, index.tolist())
+        with torch.no_grad():
+            z_lr = base_model.process_latent_in(pairs["lr_latent"])
+            return {"x0": base_model.process_latent_in(pairs["latent"]), "x1": pairs["noise"], "lr": z_lr,
+                    "cond": z_lr}
 
     return draw
-
-
-def model_space_pairs(base_model, pairs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z_H, ε, z_L) in the model's own latent space: LATENT samples through process_latent_in, as ComfyUI's
-    samplers hand them to the model; the noise is the model's input at sigma 1 as it is."""
-    with torch.no_grad():
-        return (base_model.process_latent_in(pairs["latent"]), pairs["noise"],
-                base_model.process_latent_in(pairs["lr_latent"]))
 
 
 def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: int, rank: int, learning_rate: float,
@@ -66,7 +64,7 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
                                            diversification_weight=diversification_weight,
                                            diversification_blocks=diversification_blocks)
     spec = lora_spec(model, rank, alpha, target_modules)
-    data = read_pairs(folder)
+    files = pair_files(folder)
     run_dir = Path(folder_paths.get_output_directory()) / TRAINING_FOLDER / target.stem
     config = TrainConfig(output_dir=str(run_dir), steps=steps, seed=seed, lr=learning_rate, ema_decay=None,
                          checkpoint_every=max(1, steps // 10), progress=False,
@@ -77,16 +75,17 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
     was_training = diffusion_model.training
     # ComfyUI runs nodes under torch.inference_mode, in which nothing can be trained.
     with torch.inference_mode(False):
-        z_hr, noise, z_lr = model_space_pairs(base_model, data)
-        net = NativeFlowNet(base_model, model_conditioning(model, positive, z_hr[:1]))
+        batches = ftd_batches(base_model, files, batch_size)
+        probe = read_pair_batch(files, [0])["latent"]
+        net = NativeFlowNet(base_model, model_conditioning(model, positive, probe))
         unfrozen_inference_weights(diffusion_model)
         trainer = None
         try:
-            trainer = LoRATrainer(net, spec, objective, ftd_batches(z_hr, noise, z_lr, batch_size), config,
-                                  metadata={"teacher_pairs": folder.name, "pairs": int(z_hr.shape[0]),
+            trainer = LoRATrainer(net, spec, objective, batches, config,
+                                  metadata={"teacher_pairs": folder.name, "pairs": len(files),
                                             "batch": batch_size, "family": "plain",
                                             "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
-                                            "start_sigma": lr_time, "latent_shape": list(z_hr.shape[1:])})
+                                            "start_sigma": lr_time, "latent_shape": list(probe.shape[1:])})
             summary = train_in_node(trainer, steps)
             trainer.export(target, prefix=LORA_KEY_PREFIX, ema=False, overwrite=overwrite)
         finally:
@@ -99,7 +98,7 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
     plot = bchw_to_bhwc(read_image(run_dir / LOSS_CURVE_NAME, rgb=True))
     lora = comfy.utils.load_torch_file(str(target), safe_load=True)
     tuned, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
-    report = (f"saved {target} ({summary['step']} steps on {z_hr.shape[0]} teacher pairs, last loss "
+    report = (f"saved {target} ({summary['step']} steps on {len(files)} teacher pairs, last loss "
               f"{summary['loss']:.4g}); run folder {run_dir}; sample it in one step from sigma {lr_time:g} "
               "(start mode lr_at_T, t_start = lr_time)")
     return tuned, plot, report

@@ -29,12 +29,13 @@ import folder_paths
 import torch
 
 from ..files.atomic import atomic_write
-from ..files.tensors import load_tensors, save_tensors
+from ..files.tensors import load_tensors, read_header, save_tensors
 from ..processing.resample import antialiased_bicubic
 
 PAIRS_FOLDER = "onestep_sr_teacher_pairs"  # under ComfyUI's output folder: one folder per name
 SETTINGS_FILE = "settings.json"
 PAIR_FORMAT = "onestep_sr_teacher_pair_v1"
+PAIR_TENSORS = ("noise", "latent", "lr_latent")  # the teacher's noise, its image latent, the LR's latent
 NODE = "OneStep SR Teacher Pairs"
 
 
@@ -176,7 +177,7 @@ def teacher_pairs(model, vae, positive, negative, latent: dict, name: str, count
         noise, samples = ksampler_pair(model, positive, negative, latent, seed + index, steps, cfg, sampler_name,
                                        scheduler)
         low = lr_latent(vae, samples, scale)
-        save_tensors(path, {"noise": noise, "latent": samples, "lr_latent": low},
+        save_tensors(path, dict(zip(PAIR_TENSORS, (noise, samples, low))),
                      {"format": PAIR_FORMAT, "index": index, "seed": seed + index})
         written += 1
         progress.update_absolute(index + 1, count)
@@ -185,17 +186,31 @@ def teacher_pairs(model, vae, positive, negative, latent: dict, name: str, count
     return folder.name, report
 
 
-def read_pairs(folder: Path) -> dict[str, torch.Tensor]:
-    """Every pair of a folder stacked on the batch axis: {"noise", "latent", "lr_latent"}."""
+def pair_files(folder: Path) -> list[Path]:
+    """The pair files of a folder, each checked by its header alone (format, tensors, one latent size):
+    training reads them a batch at a time (`read_pair_batch`), so a folder never has to fit in memory."""
     files = sorted(folder.glob("pair_*.safetensors"))
     if not files:
         raise ValueError(f"{folder} holds no pair files yet; run '{NODE}' with its name to write them")
-    stacks: dict[str, list[torch.Tensor]] = {"noise": [], "latent": [], "lr_latent": []}
+    first_shape = None
     for file in files:
-        tensors, meta = load_tensors(file)
-        if meta.get("format") != PAIR_FORMAT or set(stacks) - set(tensors):
+        shapes, meta = read_header(file)
+        if meta.get("format") != PAIR_FORMAT or set(PAIR_TENSORS) - set(shapes):
             raise ValueError(f"{file} is not a teacher pair written by '{NODE}'; remove it from {folder}")
-        for key in stacks:
+        first_shape = first_shape or shapes["latent"]
+        if shapes["latent"] != first_shape:
+            raise ValueError(f"{file} holds a latent of shape {shapes['latent']}, the folder's first pair one of "
+                             f"{first_shape}: a folder holds pairs of one size; write the other size under another "
+                             "name, or remove the file")
+    return files
+
+
+def read_pair_batch(files: list[Path], indices: list[int]) -> dict[str, torch.Tensor]:
+    """Pairs `indices` of `files` stacked on the batch axis (float32): {"noise", "latent", "lr_latent"}."""
+    stacks: dict[str, list[torch.Tensor]] = {key: [] for key in PAIR_TENSORS}
+    for index in indices:
+        tensors, _ = load_tensors(files[index])
+        for key in PAIR_TENSORS:
             stacks[key].append(tensors[key].float())
     return {key: torch.cat(values) for key, values in stacks.items()}
 

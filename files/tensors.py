@@ -57,6 +57,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
         return decoded(handle.metadata() or {})
 
 
+def read_header(path: str | os.PathLike) -> tuple[dict[str, list[int]], dict]:
+    """({tensor name: shape}, decoded metadata) of a safetensors file, without reading any tensor."""
+    with opened(path) as handle:
+        return ({key: list(handle.get_slice(key).get_shape()) for key in handle.keys()},
+                decoded(handle.metadata() or {}))
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
     """Atomically write tensors (made contiguous, on the CPU) and JSON metadata to `path`."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

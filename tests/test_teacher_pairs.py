@@ -100,6 +100,33 @@ def test_names_stay_inside_the_output_folder(bridge, teacher, name):
         bridge["teacher_pairs"].teacher_pairs(**settings(teacher, name))
 
 
+def test_training_reads_the_drawn_pairs_from_disk_a_batch_at_a_time(bridge, teacher):
+    """ftd_batches: the pairs the generator draws, read from their files at each draw (nothing is held),
+    in the model's latent space; a pair of another latent size is refused by name."""
+    from safetensors.torch import load_file
+
+    from onestep_sr.files.tensors import save_tensors
+
+    folder = fresh(bridge, "stream_check")
+    with torch.inference_mode():
+        bridge["teacher_pairs"].teacher_pairs(**settings(teacher, "stream_check", count=3, steps=2))
+    files = bridge["teacher_pairs"].pair_files(folder)
+    base_model = teacher["model"].model
+    batch = bridge["ftd_training"].ftd_batches(base_model, files, 5)(torch.Generator().manual_seed(7))
+    drawn = torch.randint(0, 3, (5,), generator=torch.Generator().manual_seed(7)).tolist()
+    assert len(set(drawn)) > 1
+    for row, index in enumerate(drawn):
+        stored = load_file(folder / f"pair_{index:06d}.safetensors")
+        assert torch.equal(batch["x0"][row], base_model.process_latent_in(stored["latent"])[0])
+        assert torch.equal(batch["x1"][row], stored["noise"][0])
+        assert torch.equal(batch["lr"][row], base_model.process_latent_in(stored["lr_latent"])[0])
+        assert torch.equal(batch["cond"][row], batch["lr"][row])
+    save_tensors(folder / "pair_000009.safetensors", {key: torch.zeros(1, 16, 4, 4) for key in ("noise", "latent", "lr_latent")},
+                 {"format": bridge["teacher_pairs"].PAIR_FORMAT})
+    with pytest.raises(ValueError, match=r"pair_000009.safetensors holds a latent of shape \[1, 16, 4, 4\].*one size"):
+        bridge["teacher_pairs"].pair_files(folder)
+
+
 def test_ftd_lora_trains_on_the_pairs_and_loads_with_the_stock_loader(bridge, teacher, comfy_host):
     import comfy.model_management
     import folder_paths
