@@ -22,8 +22,13 @@ Formats (`detect_format` tells them apart):
   replacement VAE encoder under ``pipe.new_vae.``, in DiffSynth's QwenImageVAE names: `wan_vae_name`). A 2-D input (a modulation layer fed the
   time embedding) gets one output per branch, stacked as [B, 2, out]; the transformer block then
   modulates each half of its tokens with its own row (`halves_modulate`). The per-branch
-  scaling is not stored in the file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
-  (noise branch off, condition branch at scaling 1), the defaults of `DualBranchLoRA`.
+  scaling is not stored in ODTSR's file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
+  (noise branch off, condition branch at scaling 1), the defaults of `DualBranchLoRA`. The same
+  layout is what Train SR LoRA writes on the Dual-Branch Patch of FLUX / Qwen-Image
+  (adapters/dual_lora.py): its metadata ``onestep_sr_dual_branch`` holds the branch scalings and
+  ``split: dual_branch_patch``, i.e. each layer splits its tokens by the patch's layout (text, noise
+  and condition token counts; the time row of a modulation layer) rather than in halves.
+  ComfyUI's stock LoRA loader reads none of these keys (it applies nothing); Load SR Adapter reads them.
 """
 
 from __future__ import annotations

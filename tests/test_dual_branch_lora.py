@@ -179,6 +179,11 @@ def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_p
         reloaded, _, _ = mods["adapter_loading"].load_sr_adapter(tiny_models.build_model(family), str(path))
         assert float((flow_net(mods, dual.dual_branch_patch(reloaded), positive)(x, t, s, cond)
                       - trained).abs().max()) <= 1e-5
+        plain = flow_net(mods, reloaded, positive)  # without the patch: refused by name
+        plain.dual_options = None
+        with pytest.raises(ValueError, match="OneStep SR Dual-Branch Patch"):
+            plain(x, t, s, cond)
+    reloaded.unpatch_model()
     comfy.model_management.unload_all_models()
 
     # ComfyUI's stock LoRA loader reads none of it (no weight patch), so it cannot mis-apply it
