@@ -22,8 +22,13 @@ Formats (`detect_format` tells them apart):
   replacement VAE encoder under ``pipe.new_vae.``, in DiffSynth's QwenImageVAE names: `wan_vae_name`). A 2-D input (a modulation layer fed the
   time embedding) gets one output per branch, stacked as [B, 2, out]; the transformer block then
   modulates each half of its tokens with its own row (`halves_modulate`). The per-branch
-  scaling is not stored in the file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
-  (noise branch off, condition branch at scaling 1), the defaults of `DualBranchLoRA`.
+  scaling is not stored in ODTSR's file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
+  (noise branch off, condition branch at scaling 1), the defaults of `DualBranchLoRA`. The same
+  layout is what Train SR LoRA writes on the Dual-Branch Patch of FLUX / Qwen-Image
+  (adapters/dual_lora.py): its metadata ``onestep_sr_dual_branch`` holds the branch scalings and
+  ``split: dual_branch_patch``, i.e. each layer splits its tokens by the patch's layout (text, noise
+  and condition token counts; the time row of a modulation layer) rather than in halves.
+  ComfyUI's stock LoRA loader reads none of these keys (it applies nothing); Load SR Adapter reads them.
 """
 
 from __future__ import annotations
@@ -225,14 +230,21 @@ def dual_branch_groups(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict
 
 
 class DualBranchLoRA:
-    """The two low-rank updates of one linear layer (plain tensors, cast to the input at use).
+    """The two low-rank updates of one linear layer (cast to the input at use): plain tensors when a file
+    is loaded, the trained parameters of `adapters.dual_lora.DualBranchLinear` while training (the same
+    maths, so the loaded layer is the trained one).
 
     noise_scale / condition_scale: the branches' scalings (ODTSR: alpha1 / rank = 0, alpha2 / rank = 1).
+    split: None for the halves rule (ODTSR's layer: branch 1 on the first half of the tokens, branch 2 on
+    the second; a 2-D input gets both branches, stacked [B, 2, out]), else split(x) -> None (the halves
+    rule), a branch (1 or 2: the whole input, e.g. one time row of a modulation layer) or
+    [(branch, token count), ...] in sequence order (e.g. [text | noise | condition] tokens).
     """
 
-    def __init__(self, parts: dict[str, torch.Tensor], noise_scale: float = 0.0, condition_scale: float = 1.0):
-        self.parts = dict(parts)
+    def __init__(self, parts, noise_scale: float = 0.0, condition_scale: float = 1.0, split=None):
+        self.parts = parts
         self.scales = (noise_scale, condition_scale)
+        self.split = split
 
     def delta(self, x: torch.Tensor, branch: int) -> torch.Tensor:
         down = self.parts[f"lora_A{branch}"].to(device=x.device, dtype=x.dtype)
@@ -240,16 +252,29 @@ class DualBranchLoRA:
         return F.linear(F.linear(x, down), up) * self.scales[branch - 1]
 
     def apply(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y = base(x) with the branch updates added (see the module docstring for the layout)."""
-        if x.ndim == 2:
-            return torch.stack([y + self.delta(x, 1), y + self.delta(x, 2)], dim=1)
-        tokens = x.shape[-2]
-        if tokens % 2:
-            raise ValueError(f"a dual-branch LoRA layer got {tokens} tokens: it needs as many condition tokens as "
-                             "noise tokens (give the model one reference latent of the same size as the latent)")
-        half = tokens // 2
-        return torch.cat([y[..., :half, :] + self.delta(x[..., :half, :], 1),
-                          y[..., half:, :] + self.delta(x[..., half:, :], 2)], dim=-2)
+        """y = base(x) with the branch updates added (see the class and module docstrings)."""
+        split = None if self.split is None else self.split(x)
+        if isinstance(split, int):
+            return y + self.delta(x, split)
+        if split is None:
+            if x.ndim == 2:
+                return torch.stack([y + self.delta(x, 1), y + self.delta(x, 2)], dim=1)
+            tokens = x.shape[-2]
+            if tokens % 2:
+                raise ValueError(f"a dual-branch LoRA layer got {tokens} tokens: it needs as many condition tokens "
+                                 "as noise tokens (give the model one reference latent of the same size as the "
+                                 "latent)")
+            split = [(1, tokens // 2), (2, tokens // 2)]
+        if sum(count for _, count in split) != x.shape[-2]:
+            raise ValueError(f"a dual-branch LoRA layer got {x.shape[-2]} tokens where its split {split} counts "
+                             f"{sum(count for _, count in split)}")
+        parts, start = [], 0
+        for branch, count in split:
+            if count:
+                end = start + count
+                parts.append(y[..., start:end, :] + self.delta(x[..., start:end, :], branch))
+                start = end
+        return torch.cat(parts, dim=-2)
 
 
 _DUAL_CLASSES: dict[type, type] = {}

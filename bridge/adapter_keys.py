@@ -83,10 +83,12 @@ class AdapterReport:
         self.name, self.format = name, file_format
         self.applied: dict[str, int] = {}
         self.problems: list[str] = []
+        self.notes: list[str] = []
 
     def text(self) -> str:
         lines = [f"{self.name}: format {self.format}"]
         lines += [f"  {target}: {count} modules patched" for target, count in self.applied.items()]
+        lines += [f"  {note}" for note in self.notes]
         if self.problems:
             lines.append(f"  {len(self.problems)} problem(s):")
             lines += [f"    {p}" for p in self.problems[:SHOWN_PROBLEMS]]

@@ -14,9 +14,11 @@ import folder_paths
 from ..adapters.formats import (ADAPTER_FORMATS, PEFT_DEFAULT_ALPHA, DualBranchLoRA, detect_format, dual_branch_groups,
                                 halves_modulate, peft_alpha, peft_config_beside, read_flowsr, to_comfy_lora,
                                 with_dual_branch)
+from ..adapters.dual_lora import PATCH_SPLIT, dual_branch_info
 from ..files.tensors import read_safetensors
 from .adapter_keys import AdapterReport, build_patches, resolve, unet_key_map, vae_key_map, weight_shapes
-from .dual_branch import check_dual_branch_loras, dual_patch_family
+from .dual_branch import check_dual_branch_loras, dual_patch_family, family_of
+from .dual_branch_lora import DUAL_LORA_FAMILIES, layer_kind, patch_split
 
 LORA_FOLDER = "loras"
 MODULATION_LAYER = ".img_mod.1"  # Qwen-Image's image-stream modulation (takes the time embedding)
@@ -32,10 +34,13 @@ def patched_vae(vae, patches: dict, strength: float):
 
 
 def dual_branch_patches(model_patcher, groups: dict, key_map: dict, strength: float, noise_scale: float,
-                        condition_scale: float, report: AdapterReport):
-    """A clone of the model whose targeted linear layers carry the dual-branch LoRAs (object patches)."""
+                        condition_scale: float, report: AdapterReport, by_patch: bool = False):
+    """A clone of the model whose targeted linear layers carry the dual-branch LoRAs (object patches).
+    by_patch: the file splits its layers the way the Dual-Branch Patch lays out the tokens (a file Train SR
+    LoRA wrote: bridge/dual_branch_lora.py), else by ODTSR's halves rule."""
     out = model_patcher.clone()
     weights = weight_shapes(model_patcher.model)
+    family = family_of(model_patcher.get_model_object("diffusion_model")) if by_patch else None
     count = 0
     for module, parts in groups.items():
         name = resolve(module, key_map)
@@ -53,17 +58,39 @@ def dual_branch_patches(model_patcher, groups: dict, key_map: dict, strength: fl
                                    f"{tuple(weights[target])}")
             continue
         path = target[:-len(".weight")]
-        lora = DualBranchLoRA(parts, strength * noise_scale, strength * condition_scale)
+        split = None
+        if by_patch:
+            layer = path.removeprefix("diffusion_model.")
+            kind = layer_kind(family, layer)
+            if kind is None:
+                report.problems.append(f"module {module}: a dual-branch LoRA cannot split this layer by token")
+                continue
+            split = patch_split(kind, layer)
+        lora = DualBranchLoRA(parts, strength * noise_scale, strength * condition_scale, split)
         out.add_object_patch(path, with_dual_branch(model_patcher.get_model_object(path), lora))
-        if path.endswith(MODULATION_LAYER):  # its block must modulate each token half with its own row
+        if path.endswith(MODULATION_LAYER) and not by_patch:  # its block must modulate each token half with its own row
             block = path[:-len(MODULATION_LAYER)]
             out.add_object_patch(f"{block}._modulate", halves_modulate(model_patcher.get_model_object(block)._modulate))
         count += 1
     report.applied["MODEL (dual-branch)"] = count
-    if isinstance(model_patcher.model, comfy.model_base.QwenImage):
+    if isinstance(model_patcher.model, comfy.model_base.QwenImage) and not by_patch:
         comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, DUAL_CHECK,
                                                      _needs_one_reference, out.model_options, is_model_options=True)
     return out
+
+
+def check_patch_split_family(model_patcher, name: str) -> None:
+    family = family_of_or_none(model_patcher)
+    if family not in DUAL_LORA_FAMILIES:
+        raise ValueError(f"Load SR Adapter: {name} is a dual-branch LoRA Train SR LoRA made on the Dual-Branch Patch "
+                         f"of FLUX.1 or Qwen-Image; this MODEL is {family.name if family else 'neither'}")
+
+
+def family_of_or_none(model_patcher):
+    try:
+        return family_of(model_patcher.get_model_object("diffusion_model"))
+    except ValueError:
+        return None
 
 
 def _needs_one_reference(executor, x, *args, **kwargs):
@@ -116,7 +143,15 @@ def load_sr_adapter(model, path: str, strength: float = 1.0, file_format: str = 
         family = dual_patch_family(model)
         if family is not None:
             check_dual_branch_loras(family, True)
-        out_model = dual_branch_patches(model, groups, key_map, strength, noise_scale, condition_scale, report)
+        info = dual_branch_info(metadata)
+        by_patch = info is not None and info.get("split") == PATCH_SPLIT
+        if by_patch:  # Train SR LoRA's file: its own branch scalings, for the Dual-Branch Patch of FLUX / Qwen-Image
+            check_patch_split_family(model, report.name)
+            noise_scale, condition_scale = float(info["noise_scale"]), float(info["condition_scale"])
+            report.notes.append(f"branch scalings from the file: noise {noise_scale:g}, condition "
+                                f"{condition_scale:g} (the branch-scale inputs apply to files without them)")
+        out_model = dual_branch_patches(model, groups, key_map, strength, noise_scale, condition_scale, report,
+                                        by_patch)
     if model_tensors:
         patches = build_patches(model_tensors, key_map, model_weights, report)
         out_model = out_model.clone()

@@ -34,8 +34,13 @@ The convention (every family: FLUX.1, SD3 / MMDiT, Qwen-Image, Lumina 2 / Z-Imag
   Qwen-Image) put branch 1 on the first half of the image tokens (the noise tokens) and branch 2 on the
   second (the condition tokens), and on a modulation layer branch 1 on row 0 and branch 2 on row 1: on
   FLUX and Qwen-Image they apply to the patched model as they are (SD3 and Lumina 2 call their layers per
-  half or per row, which such a layer cannot split: not supported there). Stock ComfyUI LoRAs are weight
-  patches and land in the shared weights; Train SR LoRA trains one on the patched model.
+  half or per row, which such a layer cannot split: not supported there). Train SR LoRA on the patched
+  FLUX or Qwen-Image trains such a LoRA (bridge/dual_branch_lora.py): its layers split by the token
+  counts the wrapper's DualState holds, not by halves (FLUX's single blocks see [text | noise |
+  condition]; the text takes branch 2, as it takes row 1), and modulation layers by the row the patch
+  feeds them (`dual_branch_layers.in_row`); its file says so in its metadata. Stock ComfyUI LoRAs are
+  weight patches and land in the shared weights; on SD3 and Lumina 2 Train SR LoRA trains one such
+  shared LoRA on the patched model.
 
 Every patched module behaves exactly like the original outside the wrapper (the state below is unset), and
 ModelPatcher puts the originals back when it unpatches.

@@ -14,6 +14,7 @@ import torch
 NOISE, CONDITION = 0, 1  # the rows of the two-row time vector: target-time (s) and current-time (t) branch
 # Lumina 2 / Z-Image blocks gate with tanh(gate); tanh of this is exactly 1 in float32, bf16 and fp16.
 SATURATED_GATE = 30.0
+ROW = "row"  # DualState.extra: the time row the layers being called see (`in_row`)
 
 
 @dataclass
@@ -63,12 +64,25 @@ def _patched(module: torch.nn.Module, kind: str, forward, extra_modules: dict | 
     return out
 
 
+def in_row(state: DualState, row: int, call, *args):
+    """call(*args) with `state` telling the layers inside that they see row `row` of the time vector (a
+    dual-branch LoRA on a modulation layer then applies branch row + 1: bridge/dual_branch_lora.py)."""
+    previous = state.extra.get(ROW)
+    state.extra[ROW] = row
+    try:
+        return call(*args)
+    finally:
+        state.extra[ROW] = previous
+
+
 def _row_forward(self, original, *args, **kwargs):
     """Select one row of a two-row vector argument (outside the wrapper: unchanged)."""
     args = list(args)
     value = args[self.row_arg]
-    if STATE.get() is not None and value.ndim == 3:
+    state = STATE.get()
+    if state is not None and value.ndim == 3:
         args[self.row_arg] = value[:, self.row]
+        return in_row(state, self.row, lambda: original(*args, **kwargs))
     return original(*args, **kwargs)
 
 
@@ -120,7 +134,7 @@ def _modulation_forward(self, original, vec):
     state = STATE.get()
     if state is None or vec.ndim != 3:
         return original(vec)
-    per_row = [original(vec[:, row]) for row in (NOISE, CONDITION)]
+    per_row = [in_row(state, row, original, vec[:, row]) for row in (NOISE, CONDITION)]
     layout = self.layout(state)
 
     def spread(fields):
@@ -153,7 +167,7 @@ def _per_row_forward(self, original, x):
         return original(x)
     rows = []
     for row in (NOISE, CONDITION):
-        out = original(x[:, row])  # a dual-branch LoRA layer inside answers both branches for a 2-D input
+        out = in_row(state, row, original, x[:, row])  # an ODTSR layer inside answers both branches for 2-D
         rows.append(out[:, row] if out.ndim == 3 else out)
     return torch.stack(rows, dim=1)
 

@@ -10,12 +10,14 @@ multi-GB model) only while `native_lora_trainer` is open: afterwards the MODEL i
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import comfy.model_management
 import comfy.sampler_helpers
 import comfy.samplers
 import torch
 
+from ..adapters.dual_lora import dual_branch_layers, remove_dual_branch_lora
 from ..adapters.lora import LoraSpec, lora_layers, remove_lora
 from ..samplers.flow_map import average_velocity, per_sample
 from ..samplers.sampling import CONDITION_KEY, TARGET_KEY
@@ -23,6 +25,7 @@ from ..training.adversarial import AdversarialLoRA, AdversarialLoRATrainer
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import TrainConfig
 from .dual_branch import is_dual_patched
+from .dual_branch_lora import DualBranchLoRATrainer, dual_branch_splits, trains_dual_branch_lora
 from .model_info import model_info
 from .sampling import empty_conditioning, parametrization_of
 
@@ -153,7 +156,10 @@ def native_lora_trainer(model, vae, positive, crops: ImageCrops, spec: LoraSpec,
     """An AdversarialLoRATrainer whose generator is `NativeFlowNet` over the MODEL's own diffusion model
     with the LoRA injected in place; on leaving, the LoRA is removed again (the MODEL is unchanged).
     The MODEL is loaded first (comfy.model_management) so that its own patches are in the weights.
-    Give it an objective with consistency CONSISTENCY and a config with ema_decay None (an EMA would be
+    A FLUX or Qwen-Image MODEL through the Dual-Branch Patch gets a dual-branch LoRA
+    (bridge/dual_branch_lora.py: branch 1 on the noise tokens, branch 2 on the condition tokens), other
+    MODELs (SD3 and Lumina 2 through the patch too) peft's LoRA. Give it an objective with consistency
+    CONSISTENCY (DUAL_CONSISTENCY on a patched MODEL) and a config with ema_decay None (an EMA would be
     a second copy of the model)."""
     check_flow_sampling(model)
     if discriminator != "patch":
@@ -174,14 +180,22 @@ def native_lora_trainer(model, vae, positive, crops: ImageCrops, spec: LoraSpec,
                         dict(model.model_options["transformer_options"]) if dual else None)
     was_training = diffusion_model.training
     unfrozen_inference_weights(diffusion_model)
+    dual_lora = trains_dual_branch_lora(model)
+    make = AdversarialLoRATrainer
+    if dual_lora:
+        splits = dual_branch_splits(diffusion_model, spec, prefix="diffusion_model.")
+        make = partial(DualBranchLoRATrainer, splits=splits)
     try:
-        yield AdversarialLoRATrainer(
+        yield make(
             net, spec, objective,
             latent_sr_batches(sr_batches(crops, batch_size, crop_size, real_degradation, scales=(scale,)), encode),
             config, probe=(torch.zeros_like(probe), torch.zeros_like(probe)), discriminator=discriminator,
-            metadata={**metadata, "family": "dual_branch" if dual else "plain", "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
+            metadata={**metadata, "family": "dual_branch" if dual else "plain",
+                      "adapter": "dual_branch_lora" if dual_lora else "lora", "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
                       "latent_shape": list(probe.shape[1:])})
     finally:
         if lora_layers(net):
             remove_lora(net)
+        if dual_branch_layers(net):
+            remove_dual_branch_lora(net)
         diffusion_model.train(was_training)

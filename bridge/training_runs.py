@@ -25,10 +25,11 @@ from ..training.adversarial import DEFAULT_CONSISTENCY, AdversarialLoRA, Adversa
 from ..training.objectives import OBJECTIVES
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
-from .adapter_loading import LORA_FOLDER
+from .adapter_loading import LORA_FOLDER, load_sr_adapter
 from .default_model import is_default_model
 from .model_info import model_info
 from .dual_branch import is_dual_patched, modulation_layers
+from .dual_branch_lora import trains_dual_branch_lora
 from .native_training import CONSISTENCY, DUAL_CONSISTENCY, DUAL_EXTRA_TARGETS, LORA_KEY_PREFIX, native_lora_trainer
 
 TRAINING_FOLDER = "onestep_sr_training"  # under ComfyUI's output folder: one run folder per LoRA name
@@ -173,7 +174,9 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     LoRA in its own diffusion model while it trains (flow-matching consistency, no EMA), with `positive`
     as its text conditioning; a MODEL through the dual-branch patch with TEASR's any-step objective
     (trajectory endpoint + self-adversarial distillation with timestep-aware rectification) as its
-    consistency term, its LoRA on the modulation layers too."""
+    consistency term, its LoRA on the modulation layers too: on FLUX and Qwen-Image a dual-branch LoRA
+    (bridge/dual_branch_lora.py; the returned MODEL carries it through Load SR Adapter), on SD3 and
+    Lumina 2 one shared (stock) LoRA."""
     if crop_size % scale:
         raise ValueError(f"Train SR LoRA: crop_size {crop_size} must be a multiple of scale {scale}")
     target = lora_output_path(lora_name, overwrite)
@@ -200,8 +203,14 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
                        overwrite=overwrite)
     folder_paths.filename_list_cache.pop(LORA_FOLDER, None)
     plot = bchw_to_bhwc(read_image(run_dir / LOSS_CURVE_NAME, rgb=True))
-    lora = comfy.utils.load_torch_file(str(target), safe_load=True)
-    tuned, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    if native and trains_dual_branch_lora(model):  # a dual-branch LoRA: Load SR Adapter reads it, stock loaders do not
+        tuned, _, _ = load_sr_adapter(model, str(target))
+        how = ("a dual-branch LoRA (noise / condition branches): load it with 'Load SR Adapter' onto the MODEL "
+               "through the Dual-Branch Patch ('Load LoRA' does not read it)")
+    else:
+        lora = comfy.utils.load_torch_file(str(target), safe_load=True)
+        tuned, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+        how = "load it with 'Load LoRA' or 'Load SR Adapter'"
     report = (f"saved {target} ({summary['step']} steps, last loss {summary['loss']:.4g}); run folder {run_dir}; "
-              f"load it with 'Load LoRA' or 'Load SR Adapter'")
+              f"{how}")
     return tuned, plot, report

@@ -57,10 +57,12 @@ class OneStepSRLoadAdapter:
                                        "tooltip": "Strength of the VAE-encoder adapter."}),
             "noise_branch_scale": ("FLOAT", {"default": 0.0, "min": -4.0, "max": 4.0, "step": 0.01,
                                              "tooltip": "Dual-branch only: scaling of the noise-token LoRA (A1/B1). "
-                                                        "ODTSR trains it at 0."}),
+                                                        "ODTSR trains it at 0. Files from Train SR LoRA carry "
+                                                        "their own scalings (this input is then unused)."}),
             "condition_branch_scale": ("FLOAT", {"default": 1.0, "min": -4.0, "max": 4.0, "step": 0.01,
                                                  "tooltip": "Dual-branch only: scaling of the condition-token LoRA "
-                                                            "(A2/B2). ODTSR: 1."}),
+                                                            "(A2/B2). ODTSR: 1. Files from Train SR LoRA carry "
+                                                            "their own scalings."}),
         }}
 
     RETURN_TYPES = ("MODEL", "VAE", "STRING")

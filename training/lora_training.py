@@ -36,7 +36,7 @@ class LoRATrainer(Trainer):
     def __init__(self, net: nn.Module, spec: LoraSpec, objective, batches, config: TrainConfig,
                  metadata: dict | None = None, initial: str | Path | None = None):
         with seeded_rng(config.seed):  # the LoRA's A (and whatever trained_module adds) start the same every run
-            add_lora(net, spec)
+            self.add_adapter(net, spec)
             if initial is not None:
                 initial_spec, weights, _ = read_lora(initial)
                 if (initial_spec.rank, initial_spec.scaling) != (spec.rank, spec.scaling):
@@ -50,6 +50,19 @@ class LoRATrainer(Trainer):
         self.spec = spec
         super().__init__(module, objective, batches, config,
                          metadata={**(metadata or {}), "lora": dataclasses.asdict(spec), **self.recipe_extras()})
+
+    def add_adapter(self, net: nn.Module, spec: LoraSpec) -> None:
+        """Inject the fresh adapter into `net` in place (peft's LoRA; adapters/dual_lora.py's for the
+        dual-branch trainer)."""
+        add_lora(net, spec)
+
+    def has_adapter(self, net: nn.Module) -> bool:
+        return bool(lora_layers(net))
+
+    def save_adapter(self, path, source: nn.Module, file_format: str, prefix: str, metadata: dict,
+                     overwrite: bool) -> Path:
+        return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix, metadata=metadata,
+                         overwrite=overwrite)
 
     def trained_module(self, net: nn.Module) -> nn.Module:
         """The module the trainer optimises, around the LoRA-carrying `net`."""
@@ -80,12 +93,11 @@ class LoRATrainer(Trainer):
         if ema and self.ema_net is None:
             raise ValueError("this run keeps no EMA (TrainConfig.ema_decay=None): export with ema=False")
         source = self.lora_network(self.ema_net if ema else self.net)
-        if not lora_layers(source):
+        if not self.has_adapter(source):
             raise RuntimeError("the generator lost its LoRA layers")
         # FSDP2: the trained net's full weights, gathered on every process (the EMA copy is never sharded)
         with contextlib.nullcontext() if ema else gathered(self.accelerator, self.net):
             if not self.is_main_process:
                 return Path(path)
-            return save_lora(path, source, self.spec, file_format=file_format, prefix=prefix,
-                             metadata={"recipe": self.recipe(), "weights": "ema" if ema else "raw"},
-                             overwrite=overwrite)
+            return self.save_adapter(path, source, file_format, prefix,
+                                     {"recipe": self.recipe(), "weights": "ema" if ema else "raw"}, overwrite)
