@@ -283,7 +283,8 @@ def main(argv=None) -> int:
     net = load_model(args.weights)
     baseline = None if args.baseline == "none" else load_model(str(baseline_weights(args.baseline)))
     peer = None if args.no_peer else load_realesrgan_x4plus()
-    strengths = args.realism if adapter is not None else [0.0]
+    # realism 0 always: the targets and the 2- and 4-step rows are measured there
+    strengths = sorted({0.0, *args.realism}) if adapter is not None else [0.0]
     methods = methods_for(net, adapter, strengths, baseline, peer)
     keys = HELD_OUT[: args.images]
     started = time.perf_counter()
