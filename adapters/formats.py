@@ -24,10 +24,11 @@ Formats (`detect_format` tells them apart):
   modulates each half of its tokens with its own row (`halves_modulate`). The per-branch
   scaling is not stored in ODTSR's file: ODTSR's training code uses alpha1 = 0 and alpha2 = rank
   (noise branch off, condition branch at scaling 1), the defaults of `DualBranchLoRA`. The same
-  layout is what Train SR LoRA writes on the Dual-Branch Patch of FLUX / Qwen-Image
+  layout is what Train SR LoRA writes on the Dual-Branch Patch of FLUX / SD3 / Qwen-Image / Lumina 2
   (adapters/dual_lora.py): its metadata ``onestep_sr_dual_branch`` holds the branch scalings and
   ``split: dual_branch_patch``, i.e. each layer splits its tokens by the patch's layout (text, noise
-  and condition token counts; the time row of a modulation layer) rather than in halves.
+  and condition token counts; the time row of a modulation layer; the token half SD3's per-half steps
+  compute) rather than in halves.
   ComfyUI's stock LoRA loader reads none of these keys (it applies nothing); Load SR Adapter reads them.
 """
 

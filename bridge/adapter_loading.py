@@ -83,7 +83,7 @@ def check_patch_split_family(model_patcher, name: str) -> None:
     family = family_of_or_none(model_patcher)
     if family not in DUAL_LORA_FAMILIES:
         raise ValueError(f"Load SR Adapter: {name} is a dual-branch LoRA Train SR LoRA made on the Dual-Branch Patch "
-                         f"of FLUX.1 or Qwen-Image; this MODEL is {family.name if family else 'neither'}")
+                         f"of FLUX.1, SD3, Qwen-Image or Lumina 2; this MODEL is none of those")
 
 
 def family_of_or_none(model_patcher):
@@ -140,12 +140,12 @@ def load_sr_adapter(model, path: str, strength: float = 1.0, file_format: str = 
 
     out_model = model
     if file_format == "dual_branch":
-        family = dual_patch_family(model)
-        if family is not None:
-            check_dual_branch_loras(family, True)
         info = dual_branch_info(metadata)
         by_patch = info is not None and info.get("split") == PATCH_SPLIT
-        if by_patch:  # Train SR LoRA's file: its own branch scalings, for the Dual-Branch Patch of FLUX / Qwen-Image
+        family = dual_patch_family(model)
+        if family is not None:
+            check_dual_branch_loras(family, not by_patch)
+        if by_patch:  # Train SR LoRA's file: its own branch scalings, for the Dual-Branch Patch of any family
             check_patch_split_family(model, report.name)
             noise_scale, condition_scale = float(info["noise_scale"]), float(info["condition_scale"])
             report.notes.append(f"branch scalings from the file: noise {noise_scale:g}, condition "

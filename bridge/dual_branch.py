@@ -34,13 +34,14 @@ The convention (every family: FLUX.1, SD3 / MMDiT, Qwen-Image, Lumina 2 / Z-Imag
   Qwen-Image) put branch 1 on the first half of the image tokens (the noise tokens) and branch 2 on the
   second (the condition tokens), and on a modulation layer branch 1 on row 0 and branch 2 on row 1: on
   FLUX and Qwen-Image they apply to the patched model as they are (SD3 and Lumina 2 call their layers per
-  half or per row, which such a layer cannot split: not supported there). Train SR LoRA on the patched
-  FLUX or Qwen-Image trains such a LoRA (bridge/dual_branch_lora.py): its layers split by the token
-  counts the wrapper's DualState holds, not by halves (FLUX's single blocks see [text | noise |
-  condition]; the text takes branch 2, as it takes row 1), and modulation layers by the row the patch
-  feeds them (`dual_branch_layers.in_row`); its file says so in its metadata. Stock ComfyUI LoRAs are
-  weight patches and land in the shared weights; on SD3 and Lumina 2 Train SR LoRA trains one such
-  shared LoRA on the patched model.
+  half or per row, or on [text | noise | condition], which that halves rule cannot split: refused there).
+  Train SR LoRA on the patched model (every family) trains a dual-branch LoRA (bridge/dual_branch_lora.py)
+  whose layers split the way the patch lays the tokens out, not by halves: by the token counts the
+  wrapper's DualState holds (FLUX's single blocks see [text | noise | condition]; the text takes branch 2,
+  as it takes row 1), by the row the patch feeds a modulation layer (`dual_branch_layers.in_row`), by the
+  half SD3's per-half steps compute (`in_half`), by the layout a Lumina 2 block records; its file says so
+  in its metadata and Load SR Adapter loads it on all four. Stock ComfyUI LoRAs are weight patches and
+  land in the shared weights.
 
 Every patched module behaves exactly like the original outside the wrapper (the state below is unset), and
 ModelPatcher puts the originals back when it unpatches.
@@ -214,7 +215,8 @@ def _lumina_embedder(dm, lr):
 
     def embed():
         padded = comfy.ldm.common_dit.pad_to_patch_size(lr, (p, p))
-        return dm.x_embedder(rearrange(padded, "b c (h ph) (w pw) -> b (h w) (ph pw c)", ph=p, pw=p))
+        patches = rearrange(padded, "b c (h ph) (w pw) -> b (h w) (ph pw c)", ph=p, pw=p)
+        return layers.in_half(STATE.get(), CONDITION, dm.x_embedder, patches)  # a LoRA on it: branch 2
 
     return embed
 
@@ -276,13 +278,22 @@ def modulation_layers(diffusion_model) -> tuple[str, ...]:
                  and any(part in MODULATION_NAMES for part in name.split(".")[:-1]))
 
 
-def check_dual_branch_loras(spec: FamilySpec, has_dual_branch_loras: bool) -> None:
-    """Dual-branch LoRA layers split their input in token halves (or two rows); the SD3 and Lumina 2 patches
-    call those layers per half or per row, where such a layer cannot tell the branches apart."""
-    if has_dual_branch_loras and spec in (SD3, LUMINA):
-        raise ValueError(f"OneStep SR: a dual-branch LoRA file (lora_A1/B1/A2/B2) and the dual-branch patch do not "
-                         f"combine on {spec.name} (its patch runs the layers per token half); use a stock LoRA "
-                         "(e.g. one Train SR LoRA made on the patched model), or a FLUX / Qwen-Image MODEL")
+def check_dual_branch_loras(spec: FamilySpec, halves_rule_loras: bool) -> None:
+    """Dual-branch LoRA files without Train SR LoRA's split metadata (ODTSR's) split their input in token
+    halves (or a 2-D input in two rows); the SD3 and Lumina 2 patches call those layers per half or per row,
+    or on sequences whose halves are not the branches, where such a layer cannot tell the branches apart.
+    (Train SR LoRA's files split the way the patch lays the tokens out: bridge/dual_branch_lora.py.)"""
+    if halves_rule_loras and spec in (SD3, LUMINA):
+        raise ValueError(f"OneStep SR: a dual-branch LoRA file split by token halves (lora_A1/B1/A2/B2 without Train "
+                         f"SR LoRA's split metadata, e.g. ODTSR's) and the dual-branch patch do not combine on "
+                         f"{spec.name} (its patch runs the layers per token half); use a LoRA Train SR LoRA made on "
+                         "the patched model, or a FLUX / Qwen-Image MODEL")
+
+
+def halves_rule_loras(model_patcher) -> bool:
+    """The MODEL carries dual-branch LoRA layers split by the halves rule (Load SR Adapter's object patches)."""
+    return any(getattr(obj, "dual_branch", None) is not None and obj.dual_branch.split is None
+               for obj in model_patcher.object_patches.values())
 
 
 def dual_patch_family(model_patcher) -> FamilySpec | None:
@@ -300,7 +311,7 @@ def dual_branch_patch(model_patcher):
     if is_dual_patched(model_patcher):
         return model_patcher.clone()
     spec = family_of(model_patcher.get_model_object("diffusion_model"))
-    check_dual_branch_loras(spec, any(hasattr(obj, "dual_branch") for obj in model_patcher.object_patches.values()))
+    check_dual_branch_loras(spec, halves_rule_loras(model_patcher))
     out = model_patcher.clone()
     for path, obj in object_patches(model_patcher, spec).items():
         out.add_object_patch(path, obj)

@@ -15,6 +15,8 @@ NOISE, CONDITION = 0, 1  # the rows of the two-row time vector: target-time (s) 
 # Lumina 2 / Z-Image blocks gate with tanh(gate); tanh of this is exactly 1 in float32, bf16 and fp16.
 SATURATED_GATE = 30.0
 ROW = "row"  # DualState.extra: the time row the layers being called see (`in_row`)
+HALF = "half"  # ... the token half they see whole (SD3's per-half steps, Lumina 2's LR patches: `in_half`)
+TOKENS = "tokens"  # ... a Lumina 2 block's token layout [(row, count), ...] while it runs
 
 
 @dataclass
@@ -73,6 +75,17 @@ def in_row(state: DualState, row: int, call, *args):
         return call(*args)
     finally:
         state.extra[ROW] = previous
+
+
+def in_half(state: DualState, half: int, call, *args):
+    """call(*args) with `state` telling the layers inside that they see token half `half` (NOISE: the noise
+    tokens, CONDITION: the condition tokens) on its own, modulated by its own time row `half`."""
+    previous = state.extra.get(HALF)
+    state.extra[HALF] = half
+    try:
+        return in_row(state, half, call, *args)
+    finally:
+        state.extra[HALF] = previous
 
 
 def _row_forward(self, original, *args, **kwargs):
@@ -217,16 +230,18 @@ def split_pre_attention(original):
     """An MMDiT x block's pre_attention(x, c) (or pre_attention_x) run once per token half with its own
     row of the two-row vector; the halves' q, k, v are joined along the tokens, the intermediates kept
     per half (`Halves`) for `split_post_attention`. Every step in it is per token, so this is the
-    block's own arithmetic with two modulations."""
+    block's own arithmetic with two modulations. Each half's call runs `in_half`, so a dual-branch LoRA
+    layer inside (adaLN, qkv, proj, MLP) gives it that half's branch."""
 
     def pre_attention(x, c):
         state = STATE.get()
         if state is None or c.ndim != 3:
             return original(x, c)
         if not state.condition_tokens:
-            return original(x, c[:, NOISE])
+            return in_half(state, NOISE, original, x, c[:, NOISE])
         n = state.noise_tokens
-        noise, condition = original(x[:, :n], c[:, NOISE]), original(x[:, n:], c[:, CONDITION])
+        noise = in_half(state, NOISE, original, x[:, :n], c[:, NOISE])
+        condition = in_half(state, CONDITION, original, x[:, n:], c[:, CONDITION])
         *qkvs, intermediates = zip(noise, condition)
         joined = [tuple(torch.cat(pair, dim=1) for pair in zip(*qkv)) for qkv in qkvs]
         return (*joined, tuple(Halves(pair) for pair in zip(*intermediates)))
@@ -238,12 +253,15 @@ def split_post_attention(original, attention_outputs: int):
     """The x block's post_attention(attn..., *intermediates) per token half (see `split_pre_attention`)."""
 
     def post_attention(*args):
-        if not args or not isinstance(args[attention_outputs], Halves):
+        state = STATE.get()
+        if state is None or not args:
             return original(*args)
-        n = STATE.get().noise_tokens
+        if not isinstance(args[attention_outputs], Halves):  # no condition tokens: all of x is the noise half
+            return in_half(state, NOISE, original, *args)
+        n = state.noise_tokens
         attention, intermediates = args[:attention_outputs], args[attention_outputs:]
-        parts = [original(*[a[:, :n] for a in attention], *[i[0] for i in intermediates]),
-                 original(*[a[:, n:] for a in attention], *[i[1] for i in intermediates])]
+        parts = [in_half(state, NOISE, original, *[a[:, :n] for a in attention], *[i[0] for i in intermediates]),
+                 in_half(state, CONDITION, original, *[a[:, n:] for a in attention], *[i[1] for i in intermediates])]
         return torch.cat(parts, dim=1)
 
     return post_attention
@@ -253,20 +271,25 @@ def with_condition_row(original):
     """A (context) block method f(x, c) fed row CONDITION of a two-row c."""
 
     def method(x, c):
-        return original(x, c[:, CONDITION] if STATE.get() is not None and c.ndim == 3 else c)
+        state = STATE.get()
+        if state is None or c.ndim != 3:
+            return original(x, c)
+        return in_row(state, CONDITION, original, x, c[:, CONDITION])
 
     return method
 
 
 def _final_forward(self, original, x, c, *args, **kwargs):
     state = STATE.get()
-    if state is not None and c.ndim == 3:
-        x, c = x[:, :x.shape[1] - state.condition_tokens], c[:, NOISE]
-    return original(x, c, *args, **kwargs)
+    if state is None or c.ndim != 3:
+        return original(x, c, *args, **kwargs)
+    x = x[:, :x.shape[1] - state.condition_tokens]
+    return in_half(state, NOISE, lambda: original(x, c[:, NOISE], *args, **kwargs))
 
 
 def with_noise_final(module):
-    """A final layer that drops the condition tokens (the last ones) and takes row NOISE."""
+    """A final layer that drops the condition tokens (the last ones) and takes row NOISE: its layers compute
+    the noise half (Lumina 2's also carries the text tokens, which unpatchify drops)."""
     return _patched(module, "NoiseFinal", _final_forward)
 
 
@@ -303,7 +326,9 @@ def _lumina_block_forward(self, original, x, x_mask, freqs_cis, adaln_input=None
     its four RMSNorms (patched, `with_lumina_norm`) apply each token's row instead, which is the
     block's arithmetic (x * (1 + scale), tanh(gate) * y) with the rows spread over the tokens. The
     first noise-refiner block also appends the condition tokens, and every block gives them the noise
-    tokens' RoPE frequencies."""
+    tokens' RoPE frequencies. The adaLN layer computes each row under `in_row`, and the block's token
+    layout is in ``state.extra[TOKENS]`` while it runs (for the dual-branch LoRA layers that see the
+    whole sequence: attention qkv / out, feed-forward)."""
     state = STATE.get()
     if state is None or adaln_input is None or adaln_input.ndim != 3:
         return original(x, x_mask, freqs_cis, adaln_input, transformer_options=transformer_options)
@@ -317,13 +342,16 @@ def _lumina_block_forward(self, original, x, x_mask, freqs_cis, adaln_input=None
     start = freqs_cis.shape[1] - span  # the text tokens before the noise tokens (0 in the noise refiner)
     if condition:
         freqs_cis = torch.cat([freqs_cis, freqs_cis[:, start:start + condition]], dim=1)
-    rows = [original_modulation(self, adaln_input[:, row]).chunk(4, dim=1) for row in (NOISE, CONDITION)]
+    rows = [in_row(state, row, original_modulation, self, adaln_input[:, row]).chunk(4, dim=1)
+            for row in (NOISE, CONDITION)]
     layout = [(CONDITION, start), (NOISE, span), (CONDITION, condition)]
     extra["modulation"] = [rows_to_tokens(torch.stack([a, b], dim=1), layout) for a, b in zip(*rows)]
+    extra[TOKENS] = layout  # for the dual-branch LoRA layers inside (attention, feed-forward)
     try:
         return original(x, x_mask, freqs_cis, adaln_input[:, NOISE], transformer_options=transformer_options)
     finally:
         extra.pop("modulation")
+        extra.pop(TOKENS)
 
 
 def original_modulation(block, adaln_input):

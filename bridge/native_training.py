@@ -156,9 +156,9 @@ def native_lora_trainer(model, vae, positive, crops: ImageCrops, spec: LoraSpec,
     """An AdversarialLoRATrainer whose generator is `NativeFlowNet` over the MODEL's own diffusion model
     with the LoRA injected in place; on leaving, the LoRA is removed again (the MODEL is unchanged).
     The MODEL is loaded first (comfy.model_management) so that its own patches are in the weights.
-    A FLUX or Qwen-Image MODEL through the Dual-Branch Patch gets a dual-branch LoRA
+    A MODEL through the Dual-Branch Patch (FLUX, SD3, Qwen-Image, Lumina 2) gets a dual-branch LoRA
     (bridge/dual_branch_lora.py: branch 1 on the noise tokens, branch 2 on the condition tokens), other
-    MODELs (SD3 and Lumina 2 through the patch too) peft's LoRA. Give it an objective with consistency
+    MODELs peft's LoRA. Give it an objective with consistency
     CONSISTENCY (DUAL_CONSISTENCY on a patched MODEL) and a config with ema_decay None (an EMA would be
     a second copy of the model)."""
     check_flow_sampling(model)

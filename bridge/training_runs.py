@@ -174,9 +174,8 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     LoRA in its own diffusion model while it trains (flow-matching consistency, no EMA), with `positive`
     as its text conditioning; a MODEL through the dual-branch patch with TEASR's any-step objective
     (trajectory endpoint + self-adversarial distillation with timestep-aware rectification) as its
-    consistency term, its LoRA on the modulation layers too: on FLUX and Qwen-Image a dual-branch LoRA
-    (bridge/dual_branch_lora.py; the returned MODEL carries it through Load SR Adapter), on SD3 and
-    Lumina 2 one shared (stock) LoRA."""
+    consistency term, its LoRA on the modulation layers too, a dual-branch LoRA (bridge/dual_branch_lora.py,
+    FLUX, SD3, Qwen-Image and Lumina 2; the returned MODEL carries it through Load SR Adapter)."""
     if crop_size % scale:
         raise ValueError(f"Train SR LoRA: crop_size {crop_size} must be a multiple of scale {scale}")
     target = lora_output_path(lora_name, overwrite)

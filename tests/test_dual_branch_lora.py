@@ -1,14 +1,17 @@
-"""Train SR LoRA's dual-branch LoRA on tiny FLUX and Qwen-Image models through the Dual-Branch Patch
-(bridge/dual_branch_lora.py, adapters/dual_lora.py), in a real ComfyUI in-process.
+"""Train SR LoRA's dual-branch LoRA on tiny FLUX, SD3, Qwen-Image and Lumina 2 / Z-Image models through the
+Dual-Branch Patch (bridge/dual_branch_lora.py, adapters/dual_lora.py), in a real ComfyUI in-process.
 
 Known answers:
 - at the start (B = 0) the trained network is the patched base model, exactly;
 - the exported file, read back by Load SR Adapter, gives the trained network's output (1e-5);
 - with every branch-1 update zeroed, the noise tokens' output of the first block's image-stream layer is
-  the base model's (those tokens see only branch-1 updates up to there: img_in is no target, the block's
-  modulation of them is row 0), and with every branch-2 update zeroed the condition tokens' is;
-- FLUX's single-block layer sees [text | noise | condition]: its output is W x + b plus
-  scaling * B1 A1 x on the noise tokens and scaling * B2 A2 x on the others (written out by hand here);
+  the base model's (those tokens see only branch-1 updates up to there: the patch embedder is no target,
+  the block's modulation of them is row 0), and with every branch-2 update zeroed the condition tokens' is
+  (SD3 computes that layer once per token half: the two calls, joined, are [noise | condition]; Lumina 2's
+  noise refiner sees [noise | padding | condition]);
+- FLUX's single-block layer and Lumina 2's main-block layer see [text | noise | condition]: their output is
+  W x + b plus scaling * B1 A1 x on the noise tokens (and Lumina 2's padding) and scaling * B2 A2 x on the
+  others (written out by hand here);
 - the MODEL is unchanged by training; ComfyUI's stock LoRA loader reads no key of the file.
 """
 
@@ -21,9 +24,17 @@ from onestep_sr.testing import tiny_models
 
 pytestmark = pytest.mark.host
 CROP, STEPS, RANK = 64, 12, 4
+FAMILIES = ["flux", "sd3", "qwen_image", "lumina2"]
 # the first block's image-stream layer (Qwen-Image: to_k; the one block's condition queries lead nowhere)
-FIRST_LAYER = {"flux": "double_blocks.0.img_attn.qkv", "qwen_image": "transformer_blocks.0.attn.to_k"}
-TEXT_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out")
+FIRST_LAYER = {"flux": "double_blocks.0.img_attn.qkv", "qwen_image": "transformer_blocks.0.attn.to_k",
+               "sd3": "joint_blocks.0.x_block.attn.qkv", "lumina2": "noise_refiner.0.attention.qkv"}
+# its output rows both branches train (SD3's one block: the condition queries lead nowhere, k and v do)
+TRAINED_ROWS = {"sd3": slice(64, None)}
+# its (noise, condition) tokens: 8x8 latent, patch 2; Lumina 2 pads the 16 noise tokens to 32
+HALVES = {"lumina2": (slice(0, 16), slice(32, 48))}
+TEXT_PARTS = ("txt_attn", "txt_mlp", "txt_mod", "add_k_proj", "add_v_proj", "add_q_proj", "to_add_out",
+              "context_block", "context_refiner")
+TIME_PARTS = ("time_in", "time_text_embed", "t_embedder", "y_embedder")
 
 
 def randn(*shape, seed):
@@ -59,23 +70,38 @@ def flow_net(mods, model, positive):
 
 
 def capture(net, path, call):
-    """(input, output) of the module at `path` of the net's diffusion model during call()."""
-    seen = {}
+    """(input, output) of the module at `path` of the net's diffusion model during call(), its calls joined
+    along the tokens (SD3's x-block layers run once per token half)."""
+    seen = []
     module = net.diffusion_model.get_submodule(path)
-    handle = module.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    handle = module.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
     try:
         with torch.no_grad():
             call()
     finally:
         handle.remove()
-    return seen["x"], seen["y"]
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*seen))
+
+
+def by_hand(layer, inp, branches):
+    """The dual-branch layer's output on `inp` written out: [(branch, token count), ...] in sequence order."""
+    with torch.no_grad():
+        base = layer.base_layer(inp)
+        deltas = {b: inp @ getattr(layer, f"lora_A{b}").T @ getattr(layer, f"lora_B{b}").T * layer.scaling
+                  for b in (1, 2)}
+    parts, start = [], 0
+    for branch, count in branches:
+        parts.append(base[:, start:start + count] + deltas[branch][:, start:start + count])
+        start += count
+    assert start == inp.shape[1]
+    return torch.cat(parts, dim=1)
 
 
 def state_of(model):
     return {k: v.clone() for k, v in model.model.diffusion_model.state_dict().items()}
 
 
-@pytest.mark.parametrize("family", ["flux", "qwen_image"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_path, family):
     import comfy.model_management
     import comfy.sd
@@ -110,7 +136,7 @@ def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_p
             metadata={"test": family}) as trainer:
         net = trainer.generator
         layers = dual_branch_layers(net)
-        assert layers and not any("time_in" in n or "time_text_embed" in n for n in layers)
+        assert layers and not any(part in n for part in TIME_PARTS for n in layers)
         with torch.no_grad():
             assert float((net(x, t, s, cond) - base_out).abs().max()) == 0.0  # B = 0: the patched base exactly
         trainer.train()
@@ -119,13 +145,15 @@ def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_p
         assert float((trained - base_out).abs().max()) > 1e-4
         first = layers[f"diffusion_model.{FIRST_LAYER[family]}"]  # two different branches, both trained
         assert not torch.equal(first.lora_B1, first.lora_B2)
-        assert float(first.lora_B1.detach().abs().min(dim=0).values.max()) > 0
-        assert float(first.lora_B2.detach().abs().min(dim=0).values.max()) > 0
+        rows = TRAINED_ROWS.get(family, slice(None))
+        assert float(first.lora_B1.detach()[rows].abs().min(dim=0).values.max()) > 0
+        assert float(first.lora_B2.detach()[rows].abs().min(dim=0).values.max()) > 0
         text_layers = [name for name in layers if any(f".{part}" in name for part in TEXT_PARTS)]
         assert text_layers and all(float(layers[n].lora_B2.detach().abs().max()) > 0 for n in text_layers[:1])
         assert all(not layers[n].lora_B1.any() for n in text_layers)  # the text sees branch 2 only
 
-        for zeroed, kept in ((1, slice(0, 16)), (2, slice(16, 32))):  # 8x8 latent, patch 2: 16 tokens per half
+        noise, condition = HALVES.get(family, (slice(0, 16), slice(16, 32)))
+        for zeroed, kept, other in ((1, noise, condition), (2, condition, noise)):
             saved = {name: getattr(layer, f"lora_B{zeroed}").detach().clone() for name, layer in layers.items()}
             with torch.no_grad():
                 for layer in layers.values():
@@ -134,22 +162,20 @@ def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_p
             with torch.no_grad():
                 for name, layer in layers.items():
                     getattr(layer, f"lora_B{zeroed}").copy_(saved[name])
-            other = slice(16, 32) if zeroed == 1 else slice(0, 16)
             assert float((first[:, kept] - base_first[:, kept]).abs().max()) <= 1e-6  # untouched by the other branch
             assert float((first[:, other] - base_first[:, other]).abs().max()) > 1e-5
 
         if family == "flux":  # [text | noise | condition] in the single block, by hand
             layer = layers["diffusion_model.single_blocks.0.linear1"]
             inp, out = capture(net, "single_blocks.0.linear1", lambda: net(x, t, s, cond))
-            text, noise = tiny_models.CONTEXT_TOKENS, 16
-            with torch.no_grad():
-                base = layer.base_layer(inp)
-                d1 = inp @ layer.lora_A1.T @ layer.lora_B1.T * layer.scaling
-                d2 = inp @ layer.lora_A2.T @ layer.lora_B2.T * layer.scaling
-            expected = torch.cat([base[:, :text] + d2[:, :text], base[:, text:text + noise] + d1[:, text:text + noise],
-                                  base[:, text + noise:] + d2[:, text + noise:]], dim=1)
-            assert inp.shape[1] == text + 2 * noise
-            assert float((out - expected).abs().max()) <= 1e-5
+            text = tiny_models.CONTEXT_TOKENS
+            assert inp.shape[1] == text + 2 * 16
+            assert float((out - by_hand(layer, inp, [(2, text), (1, 16), (2, 16)])).abs().max()) <= 1e-5
+        if family == "lumina2":  # [text (padded to 32) | noise (16 + 16 padding) | condition] in the main block
+            layer = layers["diffusion_model.layers.0.attention.qkv"]
+            inp, out = capture(net, "layers.0.attention.qkv", lambda: net(x, t, s, cond))
+            assert inp.shape[1] == 32 + 32 + 16
+            assert float((out - by_hand(layer, inp, [(2, 32), (1, 32), (2, 16)])).abs().max()) <= 1e-5
         trainer.export(path, prefix=native.LORA_KEY_PREFIX, ema=False)
 
     # the MODEL as it was: weights, module tree, outputs
@@ -192,3 +218,39 @@ def test_trained_dual_branch_lora_exports_and_loads_back(mods, comfy_host, tmp_p
     # ComfyUI's stock LoRA loader reads none of it (no weight patch), so it cannot mis-apply it
     stock, _ = comfy.sd.load_lora_for_models(model, None, load_file(str(path)), 1.0, 0.0)
     assert not stock.patches
+
+
+UNSPLITTABLE = {"flux": "vector_in.in_layer", "qwen_image": "time_text_embed.timestep_embedder.linear_1",
+                "sd3": "y_embedder.mlp.0", "sd35": "t_embedder.mlp.0", "lumina2": "t_embedder.mlp.0"}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "sd35"])
+def test_every_default_target_splits_and_the_embedders_are_refused_by_name(mods, family):
+    """Every default target of the patched model has a split that the patched forward calls where it can
+    answer (SD3.5's x-block self-attention too: nonzero updates, no 'called outside' error); naming a time or
+    pooled-vector embedder is refused with its name."""
+    runs, splitting = mods["training_runs"], mods["dual_branch_lora"]
+    model = mods["dual_branch"].dual_branch_patch(tiny_models.build_model(family))
+    dm = model.get_model_object("diffusion_model")
+    spec = runs.lora_spec(model, RANK, 0.0, "")
+    splits = splitting.dual_branch_splits(dm, spec, prefix="diffusion_model.")
+    assert all(splitting.layer_kind(splitting.family_of(dm), name.removeprefix("diffusion_model.")) is not None
+               for name in splits)
+    with pytest.raises(ValueError, match=f"cannot split by token.*{UNSPLITTABLE[family]}"):
+        splitting.dual_branch_splits(dm, runs.lora_spec(model, RANK, 0.0, UNSPLITTABLE[family]))
+
+    net = flow_net(mods, model, tiny_models.conditioning(family, seed=1))
+    x, t, s, cond = probe_inputs()
+    with torch.no_grad():
+        base = net(x, t, s, cond)
+    mods["dual_lora"].add_dual_branch_lora(net, spec, splits)
+    try:
+        with torch.no_grad():
+            for i, layer in enumerate(mods["dual_lora"].dual_branch_layers(net).values()):
+                layer.lora_B1.copy_(randn(*layer.lora_B1.shape, seed=2 * i) * 0.02)
+                layer.lora_B2.copy_(randn(*layer.lora_B2.shape, seed=2 * i + 1) * 0.02)
+            out = net(x, t, s, cond)
+    finally:
+        mods["dual_lora"].remove_dual_branch_lora(net)
+        model.unpatch_model()
+    assert torch.isfinite(out).all() and float((out - base).abs().max()) > 1e-4
