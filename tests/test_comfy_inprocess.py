@@ -295,3 +295,20 @@ def test_the_readme_lists_every_node(comfy_host):
     listed = set(re.findall(r"^\| \*\*(.+?)\*\* \|", readme, flags=re.MULTILINE))
     names = comfy_host.nodes.NODE_DISPLAY_NAME_MAPPINGS
     assert listed == {names[node] for node in comfy_host.extension_nodes if node in names}
+
+
+@pytest.mark.parametrize("path", host_lib.workflow_files(), ids=lambda p: p.name)
+def test_no_workflow_loads_an_adapter_with_the_stock_loader_after_the_dual_branch_patch(comfy_host, path):
+    """Train SR LoRA on a patched MODEL writes a dual-branch LoRA, of which stock LoraLoaderModelOnly applies
+    nothing (silently): a workflow must load adapters after the patch with Load SR Adapter."""
+    prompt = host_lib.workflow_to_prompt(json.loads(path.read_text()), comfy_host.input_types)
+    patched = {key for key, node in prompt.items() if node["class_type"] == "OneStepSR_DualBranchPatch"}
+    grew = True
+    while grew:  # every node downstream of the patch through MODEL links
+        downstream = {key for key, node in prompt.items() if key not in patched and any(
+            isinstance(value, list) and len(value) == 2 and str(value[0]) in patched
+            for value in node["inputs"].values())}
+        grew = bool(downstream)
+        patched |= downstream
+    stock = sorted(key for key in patched if prompt[key]["class_type"] in ("LoraLoaderModelOnly", "LoraLoader"))
+    assert not stock, f"{path.name}: stock LoRA loader(s) {stock} after OneStep SR Dual-Branch Patch"
