@@ -29,7 +29,7 @@ from .adapter_loading import LORA_FOLDER
 from .native_training import (LORA_KEY_PREFIX, NativeFlowNet, check_flow_sampling, model_conditioning,
                               unfrozen_inference_weights)
 from .teacher_pairs import existing_pairs_folder, pair_files, read_pair_batch
-from .training_runs import TRAINING_FOLDER, lora_output_path, lora_spec, train_in_node
+from .training_runs import TRAINING_FOLDER, lora_output_path, lora_spec, resumable_run, train_in_node
 
 NODE = "OneStep SR Train FTD LoRA"
 
@@ -81,11 +81,12 @@ def train_ftd_lora(model, pairs: str, lora_name: str, steps: int, batch_size: in
         unfrozen_inference_weights(diffusion_model)
         trainer = None
         try:
-            trainer = LoRATrainer(net, spec, objective, batches, config,
-                                  metadata={"teacher_pairs": folder.name, "pairs": len(files),
-                                            "batch": batch_size, "family": "plain",
-                                            "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
-                                            "start_sigma": lr_time, "latent_shape": list(probe.shape[1:])})
+            with resumable_run(NODE, run_dir):
+                trainer = LoRATrainer(net, spec, objective, batches, config,
+                                      metadata={"teacher_pairs": folder.name, "pairs": len(files),
+                                                "batch": batch_size, "family": "plain",
+                                                "base_model": f"{type(base_model).__name__} (ComfyUI MODEL)",
+                                                "start_sigma": lr_time, "latent_shape": list(probe.shape[1:])})
             summary = train_in_node(trainer, steps)
             trainer.export(target, prefix=LORA_KEY_PREFIX, ema=False, overwrite=overwrite)
         finally:

@@ -22,6 +22,7 @@ from ..models.flow_map_sr import FlowMapSRNet
 from ..files.images import IMAGE_SUFFIXES, image_files, read_image
 from ..processing.images import bchw_to_bhwc, check_image, split_alpha, to_rgb
 from ..training.adversarial import DEFAULT_CONSISTENCY, AdversarialLoRA, AdversarialLoRATrainer
+from ..training.checkpoint import CheckpointMismatch
 from ..training.objectives import OBJECTIVES
 from ..training.sr_data import ImageCrops, sr_batches
 from ..training.trainer import LOSS_CURVE_NAME, TrainConfig
@@ -143,6 +144,19 @@ def default_model_consistency(model) -> str:
     return getattr(OBJECTIVES.get(name), "fidelity_part", name)
 
 
+@contextlib.contextmanager
+def resumable_run(node: str, run_dir: Path):
+    """A run folder holding another setup's checkpoint (an earlier run under the same lora_name with another
+    rank, alpha, target_modules or model) is refused naming the node's fix."""
+    try:
+        yield
+    except CheckpointMismatch as error:
+        raise ValueError(f"{node}: {run_dir} holds the checkpoint of an earlier run under this lora_name with other "
+                         "settings (rank, alpha, target_modules, or another model or patch), and a run resumes only "
+                         f"with the same ones: choose another lora_name, or delete that folder to start over ({error})"
+                         ) from None
+
+
 def train_in_node(trainer, steps: int) -> dict:
     """trainer.train with ComfyUI's progress bar and interrupt button. An interrupted run saves the steps done
     so far as a checkpoint (the same lora_name resumes from there) and re-raises."""
@@ -194,8 +208,9 @@ def train_sr_lora(model, vae, lora_name: str, steps: int, batch_size: int, crop_
     make_trainer = (partial(native_lora_trainer, model, vae, positive) if native
                     else partial(default_model_trainer, model, vae))
     # ComfyUI runs nodes under torch.inference_mode, in which nothing can be trained.
-    with torch.inference_mode(False), make_trainer(crops, spec, objective, config, batch_size, crop_size, scale,
-                                                   real_degradation, discriminator, metadata) as trainer:
+    with torch.inference_mode(False), resumable_run("Train SR LoRA", run_dir), make_trainer(
+            crops, spec, objective, config, batch_size, crop_size, scale, real_degradation, discriminator,
+            metadata) as trainer:
         summary = train_in_node(trainer, steps)
         # the adapter as trained (an EMA lags in short runs)
         trainer.export(target, prefix=LORA_KEY_PREFIX if native else COMFY_DEFAULT_MODEL_PREFIX, ema=False,

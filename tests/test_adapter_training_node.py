@@ -111,3 +111,20 @@ def test_refuses_eps_models_and_missing_images(nodes, default_model):
     with pytest.raises(ValueError, match="ModelSamplingSD3"):  # eps models; flow models: test_native_lora_training
         nodes["training_runs"].train_sr_lora(tiny_models.build_model("sd2"), tiny_models.build_vae(4),
                                              images=torch.rand(1, 40, 40, 3), **settings(lora_name="native"))
+
+
+def test_a_run_folder_of_other_settings_is_refused_naming_lora_name(nodes, default_model, comfy_host):
+    """The same lora_name with another rank finds the first run's checkpoint: refused with the fix (another
+    lora_name, or delete the folder), not torch's bare size-mismatch RuntimeError; the first LoRA file stays."""
+    model, vae = default_model
+    images = torch.rand(2, 40, 48, 3, generator=torch.Generator().manual_seed(1))
+    args = settings(lora_name="rank_change", overwrite=True)
+    with torch.inference_mode():
+        nodes["training_runs"].train_sr_lora(model, vae, images=images, **args)
+        path = comfy_host.base / "models" / "loras" / "rank_change.safetensors"
+        written = path.read_bytes()
+        with pytest.raises(ValueError, match=r"Train SR LoRA: .*rank_change holds the checkpoint of an earlier run.*"
+                                             r"choose another lora_name.*other shapes \[.*lora_A"):
+            nodes["training_runs"].train_sr_lora(model, vae, images=images, **dict(args, rank=4, steps=4))
+    assert path.read_bytes() == written
+    assert not any("lora" in name for name, _ in model.model.named_modules()), "the MODEL kept a LoRA layer"

@@ -17,6 +17,18 @@ import torch
 FORMAT = "onestep_sr.training/1"
 
 
+class CheckpointMismatch(ValueError):
+    """A run folder's checkpoint that another network or adapter wrote (another rank, targets or model)."""
+
+
+def shape_mismatches(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """The entries of `state` whose shapes differ from `module`'s (load_state_dict raises a bare RuntimeError
+    on them, even with strict=False)."""
+    own = module.state_dict()
+    return [f"{key} {tuple(value.shape)} (network {tuple(own[key].shape)})" for key, value in state.items()
+            if key in own and own[key].shape != value.shape]
+
+
 def flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """An optimizer state_dict as (tensors, JSON-ready rest)."""
     tensors, scalars = {}, {}

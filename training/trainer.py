@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..files.tensors import load_tensors, prefixed, save_tensors, unprefixed
 from ..models.precision import native_bf16
-from .checkpoint import FORMAT, flatten_optimizer, unflatten_optimizer
+from .checkpoint import FORMAT, CheckpointMismatch, flatten_optimizer, shape_mismatches, unflatten_optimizer
 from .checkpointing import JVP_OBJECTIVES, checkpoint_blocks
 from .ema import make_ema, update_ema
 from .objectives import make_objective, objective_options
@@ -231,12 +231,13 @@ class Trainer:
         return {k: v for k, v in state.items() if k not in frozen}
 
     def _load_run_state(self, module: torch.nn.Module, state: dict[str, torch.Tensor], path) -> None:
-        missing, unexpected = (load_model_state(self.accelerator, module, state) if module is self.net
-                               else module.load_state_dict(state, strict=False))
-        missing = sorted(set(missing) - self._frozen_parameters())
-        if missing or unexpected:
-            raise ValueError(f"{path} does not fit this network: missing {missing[:8]}, unexpected "
-                             f"{sorted(unexpected)[:8]}; use a new output_dir or the same network")
+        shapes = shape_mismatches(module, state)
+        missing, unexpected = ([], []) if shapes else (load_model_state(self.accelerator, module, state)
+                                                       if module is self.net else module.load_state_dict(state, strict=False))
+        if shapes or set(missing) - self._frozen_parameters() or unexpected:
+            raise CheckpointMismatch(f"{path} does not fit this network: other shapes {shapes[:4]}, missing "
+                                     f"{sorted(set(missing) - self._frozen_parameters())[:8]}, unexpected "
+                                     f"{sorted(unexpected)[:8]}; use a new output_dir or the same network")
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write net and EMA (without frozen parameters), optimizer state, loss history and metadata
