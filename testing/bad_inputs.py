@@ -462,6 +462,10 @@ def server_cases() -> list[Case]:
         Case("Train SR LoRA on a grey IMAGE batch", S,
              lambda m: train_prompt(images={"width": 40, "height": 40, "channels": 1}, lora_name="grey"),
              sane="a LoRA file", check=lora_saved("grey")),
+        Case("Train SR LoRA again under the same lora_name with another rank", S,
+             lambda m: train_prompt(images={"width": 40, "height": 40}, lora_name=m.finished_run("refit"),
+                                    rank=TRAIN_DEFAULTS["rank"] * 2),
+             ("holds the checkpoint of an earlier run under this lora_name", "choose another lora_name")),
         # the native-model nodes (FLUX, SD3, Qwen-Image, Z-Image) given what they cannot take
         Case("Dual-Branch Patch on the default model", S, lambda m: dual_branch_prompt(),
              ("Dual-Branch Patch", "FlowMapSRDiffusionModel", "connect one of those")),
@@ -649,6 +653,15 @@ class Matrix:
             if broken:
                 bad_file("corrupt", folder / "broken.png")
         return name
+
+    def finished_run(self, lora_name: str) -> str:
+        """A Train SR LoRA run under `lora_name` with the matrix's settings, run before the case (its files are
+        the case's starting point, not its output)."""
+        if not (self.base / "output" / "onestep_sr_training" / lora_name).exists():
+            entry = self.server.run(train_prompt(images={"width": 40, "height": 40}, lora_name=lora_name), timeout=600)
+            if entry["status"]["status_str"] != "success":
+                raise RuntimeError(f"the run before the case failed: {host_lib.history_error(entry)}")
+        return lora_name
 
     # checks between cases
     def snapshot(self) -> set[Path]:
