@@ -76,6 +76,10 @@ def main(argv=None) -> int:
     parser.add_argument("--r1-weight", type=float, default=0.0)
     parser.add_argument("--perceptual-weight", type=float, default=0.0,
                         help="adversarial: weight of ST-LPIPS-VGG on the SR output (FlowMapSR's perceptual term)")
+    parser.add_argument("--perceptual-samples", type=int, default=4,
+                        help="adversarial: how many samples of each batch the perceptual term sees")
+    parser.add_argument("--perceptual-crop", type=int, default=64,
+                        help="adversarial: side of the random window the perceptual term sees")
     parser.add_argument("--sample-steps", type=int, default=1, help="jumps that make the SR output D sees")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--ema-decay", type=float, default=0.99)
@@ -104,21 +108,25 @@ def main(argv=None) -> int:
         parser.error(f"--export {args.export} exists; pass --overwrite or choose another path")
     torch.set_num_threads(args.threads)
 
+    # the objective first: a bad option is refused before the data manifest or the model is touched
+    adversarial = args.objective == "adversarial"
+    try:
+        if adversarial:
+            objective = AdversarialLoRA(
+                gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
+                reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
+                consistency=args.consistency or read_metadata(base).get("objective", DEFAULT_CONSISTENCY),
+                consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
+                sample_steps=args.sample_steps, perceptual_weight=args.perceptual_weight,
+                perceptual_samples=args.perceptual_samples, perceptual_crop=args.perceptual_crop)
+        else:
+            objective = make_objective(args.objective, **args.objective_options)
+    except (TypeError, ValueError) as error:
+        parser.error(f"--objective {args.objective}: {error} (set through --objective-options for a "
+                     "non-adversarial objective, else through the flags of the same names)")
     manifest = write_manifest(Path(args.output_dir) / "data_manifest.json")
     net = load_model(str(base)).train()
     spec = LoraSpec(rank=args.rank, alpha=args.alpha, target_modules=tuple(args.targets))
-    adversarial = args.objective == "adversarial"
-    if adversarial:
-        objective = AdversarialLoRA(gan_loss=args.gan_loss, adversarial_weight=args.adversarial_weight,
-                                    reconstruction=args.reconstruction, reconstruction_weight=args.reconstruction_weight,
-                                    consistency=args.consistency or read_metadata(base).get("objective", DEFAULT_CONSISTENCY),
-                                    consistency_weight=args.consistency_weight, r1_weight=args.r1_weight,
-                                    sample_steps=args.sample_steps, perceptual_weight=args.perceptual_weight)
-    else:
-        try:
-            objective = make_objective(args.objective, **args.objective_options)
-        except (TypeError, ValueError) as error:
-            parser.error(f"--objective-options for {args.objective}: {error}")
     config = TrainConfig(output_dir=args.output_dir, steps=args.steps, seed=args.seed, lr=args.lr,
                          ema_decay=args.ema_decay, checkpoint_every=args.checkpoint_every,
                          progress=not args.no_progress, engine=args.engine,

@@ -156,3 +156,14 @@ def test_sampled_perceptual_takes_the_last_samples_on_one_window():
     b[:2] = -b[:2]  # only the first two differ: they are not among the last two
     assert float(sampled_perceptual(a, b, torch.Generator().manual_seed(0), samples=2, crop=24)) < 1e-7
     assert float(sampled_perceptual(a, b, torch.Generator().manual_seed(0), samples=3, crop=24)) > 1e-3
+
+
+@pytest.mark.parametrize("samples, crop", [(0, 64), (4, 8)])
+def test_a_perceptual_window_that_would_mean_another_one_is_refused(samples, crop):
+    # samples 0 would slice the whole batch (a[-0:]); an 8 px window is all padding to the networks
+    from onestep_sr.training.adversarial import AdversarialLoRA
+
+    for build in (lambda: make_objective("perceptual", perceptual_samples=samples, perceptual_crop=crop),
+                  lambda: AdversarialLoRA(perceptual_weight=1.0, perceptual_samples=samples, perceptual_crop=crop)):
+        with pytest.raises(ValueError, match="perceptual_samples >= 1 and perceptual_crop >= 16"):
+            build()

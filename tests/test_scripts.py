@@ -86,3 +86,14 @@ def test_the_gpu_benchmark_without_a_gpu_says_what_it_skipped_and_writes_nothing
     assert result.returncode == 0, result.stderr
     assert "no CUDA GPU visible to torch; skipped: the one-click node on the default model" in result.stdout
     assert report.read_text() == "unchanged\n"
+
+
+def test_train_adapter_refuses_a_bad_perceptual_window_before_touching_the_run(tmp_path):
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(REPO / "scripts/train_adapter.py"), "--output-dir", str(run),
+                             "--objective", "adversarial", "--perceptual-weight", "1", "--perceptual-samples", "0"],
+                            capture_output=True, text=True, env={**os.environ, "ONESTEP_SR_CACHE": str(tmp_path)},
+                            timeout=120)
+    assert result.returncode == 2
+    assert "--objective adversarial: the perceptual term needs perceptual_samples >= 1" in result.stderr
+    assert not run.exists()

@@ -39,7 +39,7 @@ from .discriminators import (GAN_LOSSES, discriminator_loss, frozen, generator_l
 from .losses import unpack_batch
 from .lora_training import LoRATrainer
 from .objectives import make_objective
-from .perceptual import sampled_perceptual
+from .perceptual import check_window, sampled_perceptual
 from .trainer import TrainConfig
 
 # The consistency term by default, and the objective assumed for a base file that records none.
@@ -102,6 +102,7 @@ class AdversarialLoRA:
             raise ValueError(f"loss weights {negative} must be >= 0")
         if self.sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {self.sample_steps}")
+        check_window(self.perceptual_samples, self.perceptual_crop)
         self.consistency_objective = make_objective(self.consistency, **self.consistency_options)
 
     def sr_output(self, net, x1: torch.Tensor, cond) -> torch.Tensor:

@@ -84,6 +84,14 @@ def perceptual_distance(a: torch.Tensor, b: torch.Tensor, backbone: str = "vgg")
         return network(a.float(), b.float()).flatten()
 
 
+def check_window(samples: int, crop: int) -> None:
+    """Refuses a `sampled_perceptual` window that would silently take another one (samples < 1 takes the
+    whole batch; windows under 16 px are mostly the networks' padding)."""
+    if samples < 1 or crop < 16:
+        raise ValueError(f"the perceptual term needs perceptual_samples >= 1 and perceptual_crop >= 16, got "
+                         f"{samples} and {crop}")
+
+
 def sampled_perceptual(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator | None, samples: int,
                        crop: int, backbone: str = "vgg") -> torch.Tensor:
     """Mean ST-LPIPS of the last `samples` images of the batch on one random crop x crop window (the same

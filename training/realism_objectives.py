@@ -22,7 +22,7 @@ import torch
 
 from ..samplers.flow_map import add_source, denoised_from_velocity, per_sample
 from .losses import DISTANCES, mean_square, uniform_times, unpack_batch
-from .perceptual import sampled_perceptual
+from .perceptual import check_window, sampled_perceptual
 from .sr_objectives import TrajectoryEndpoint
 
 
@@ -47,9 +47,9 @@ class PerceptualEndpoint(TrajectoryEndpoint):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.perceptual_weight < 0 or self.perceptual_samples < 1 or self.perceptual_crop < 16:
-            raise ValueError("need perceptual_weight >= 0, perceptual_samples >= 1 and perceptual_crop >= 16, got "
-                             f"{self.perceptual_weight}, {self.perceptual_samples}, {self.perceptual_crop}")
+        if self.perceptual_weight < 0:
+            raise ValueError(f"need perceptual_weight >= 0, got {self.perceptual_weight}")
+        check_window(self.perceptual_samples, self.perceptual_crop)
 
     def image_loss(self, denoised, x0, generator):
         fidelity, logs = super().image_loss(denoised, x0, generator)
