@@ -76,9 +76,9 @@ def main(argv=None) -> int:
     parser.add_argument("--r1-weight", type=float, default=0.0)
     parser.add_argument("--perceptual-weight", type=float, default=0.0,
                         help="adversarial: weight of ST-LPIPS-VGG on the SR output (FlowMapSR's perceptual term)")
-    parser.add_argument("--perceptual-samples", type=int, default=4,
+    parser.add_argument("--perceptual-samples", type=int, default=AdversarialLoRA.perceptual_samples,
                         help="adversarial: how many samples of each batch the perceptual term sees")
-    parser.add_argument("--perceptual-crop", type=int, default=64,
+    parser.add_argument("--perceptual-crop", type=int, default=AdversarialLoRA.perceptual_crop,
                         help="adversarial: side of the random window the perceptual term sees")
     parser.add_argument("--sample-steps", type=int, default=1, help="jumps that make the SR output D sees")
     parser.add_argument("--lr", type=float, default=2e-4)
