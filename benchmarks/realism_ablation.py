@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 import realism_quality as quality
 from default_model_quality import cpu_name
@@ -81,15 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--real-fraction", type=float, default=0.6)
-    parser.add_argument("--size", type=int, default=256, help="held-out centre crop side for the evaluation")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", default=str(quality.RESULTS / "realism_ablation.md"))
-    parser.add_argument("--overwrite", action="store_true")
+    quality.add_experiment_arguments(parser, "realism_ablation.md")
     args = parser.parse_args(argv)
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        parser.error(f"{output} exists; pass --overwrite or choose another --output")
-    torch.set_num_threads(args.threads)
+    output = quality.experiment_output(parser, args)
     net = load_model(args.base)
     methods, minutes = {"base (no adapter)": functools.partial(upscale, net)}, {}
     for name in args.variants:
@@ -114,10 +107,7 @@ def main(argv=None) -> int:
             lines.append(f"| {name} | {system} | {row['PSNR']:.2f} | {row['SSIM']:.4f} | {row['ST-LPIPS']:.4f} | "
                          f"{row['NIQE']:.2f} | {minutes.get(name, 0):.1f} |")
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    atomic_write(output, lambda tmp: Path(tmp).write_text(text))
-    print(text)
-    return 0
+    return quality.write_report(output, lines)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,32 @@ def report(results, per_mp, keys, scales, names, target_rows, info: dict) -> str
     return "\n".join(lines) + "\n"
 
 
+def add_experiment_arguments(parser: argparse.ArgumentParser, report: str) -> None:
+    """The evaluation and report flags of the adapter experiments (realism_ablation.py,
+    teacher_distillation.py): held-out crop side, threads, the report in RESULTS, --overwrite."""
+    parser.add_argument("--size", type=int, default=256, help="held-out centre crop side for the evaluation")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=str(RESULTS / report))
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def experiment_output(parser: argparse.ArgumentParser, args) -> Path:
+    """--output, refused when it exists without --overwrite; sets the torch threads."""
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        parser.error(f"{output} exists; pass --overwrite or choose another --output")
+    torch.set_num_threads(args.threads)
+    return output
+
+
+def write_report(output: Path, lines: list[str]) -> int:
+    """Write an experiment's markdown report atomically and print it; the exit status 0."""
+    text = "\n".join(lines) + "\n"
+    atomic_write(output, lambda tmp: Path(tmp).write_text(text))
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS), help="default-model weights or a training checkpoint")
