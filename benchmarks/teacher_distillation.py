@@ -172,11 +172,11 @@ def main(argv=None) -> int:
     root = runs_dir() / "distillation"
     pool_path = root / f"pool_{args.pool}.safetensors"
     teacher = load_realesrgan_x4plus()
-    started = time.perf_counter()
     if not pool_path.exists():
-        save_tensors(pool_path, build_pool(teacher, CropSampler(), args.pool), {"seed": POOL_SEED})
-    pool_minutes = (time.perf_counter() - started) / 60
-    pool = load_tensors(pool_path)[0]
+        started = time.perf_counter()
+        pool = build_pool(teacher, CropSampler(), args.pool)
+        save_tensors(pool_path, pool, {"seed": POOL_SEED, "minutes": (time.perf_counter() - started) / 60})
+    pool, pool_info = load_tensors(pool_path)
     net = load_model(args.base)
     methods = {"base (no adapter)": functools.partial(upscale, net)}
     minutes = {}
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
              f"- machine: {platform.machine()}, {cpu_name()}, {os.cpu_count()} cores, {args.threads} torch threads",
              f"- base: {args.base}; pool: {args.pool} real-world patches of {POOL_HR - 2 * POOL_MARGIN}² HR "
-             f"(seed {POOL_SEED}, {pool_minutes:.1f} min here when built); per student {args.steps} steps x "
+             f"(seed {POOL_SEED}, built in {pool_info['minutes']:.1f} min); per student {args.steps} steps x "
              f"{BATCH} crops of {CROP}² ({TEACHER_SAMPLES} pool, {BATCH - TEACHER_SAMPLES} clean), tv_lpips {RECIPE}, "
              f"rank {RANK}, lr {LR}, EMA {EMA_DECAY}, seed 0",
              f"- evaluation: {len(HELD_OUT)} held-out photos, centre crops <= {args.size}², and every "
@@ -206,6 +206,8 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {clean['PSNR']:.2f} | {clean['ST-LPIPS']:.4f} | {real['PSNR']:.2f} | "
                      f"{real['ST-LPIPS']:.4f} | {minutes.get(name, 0):.1f} |")
     lines += ["", "## The pool (real-world LR of training photos)", "",
+              "ST-LPIPS to the teacher is against the pool's stored target (bf16, computed on the whole "
+              "patch before its margin was cut); the teacher's own row is that difference.", "",
               "| method | PSNR | ST-LPIPS to HR | ST-LPIPS to the teacher |", "|---|---|---|---|"]
     lines += [f"| {name} | {row['PSNR']:.2f} | {row['ST-LPIPS']:.4f} | {row['ST-LPIPS to teacher']:.4f} |"
               for name, row in on_pool.items()]
