@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import realism_quality as quality
 from default_model_quality import cpu_name
 

@@ -36,7 +36,7 @@ import torch
 
 import realism_quality as quality
 from default_model_quality import cpu_name, psnr
-from peers import load_realesrgan_x4plus
+from peers import load_realesrgan_x4plus, realesrgan_upscale
 
 from onestep_sr.adapters.lora import DEFAULT_TARGETS, LoraSpec, merged_lora
 from onestep_sr.files.atomic import atomic_write
@@ -172,11 +172,13 @@ def main(argv=None) -> int:
     root = runs_dir() / "distillation"
     pool_path = root / f"pool_{args.pool}.safetensors"
     teacher = load_realesrgan_x4plus()
-    if not pool_path.exists():
+    if pool_path.exists():
+        pool, pool_info = load_tensors(pool_path)
+    else:
         started = time.perf_counter()
         pool = build_pool(teacher, CropSampler(), args.pool)
-        save_tensors(pool_path, pool, {"seed": POOL_SEED, "minutes": (time.perf_counter() - started) / 60})
-    pool, pool_info = load_tensors(pool_path)
+        pool_info = {"seed": POOL_SEED, "minutes": (time.perf_counter() - started) / 60}
+        save_tensors(pool_path, pool, pool_info)
     net = load_model(args.base)
     methods = {"base (no adapter)": functools.partial(upscale, net)}
     minutes = {}
@@ -186,7 +188,7 @@ def main(argv=None) -> int:
         methods[name] = functools.partial(upscale, merged_lora(net, adapter, 1.0))
     results, _, _ = quality.evaluate(methods, HELD_OUT, [SCALE], args.size, with_niqe=False)
     on_pool = {"bicubic": pool_scores(bicubic_upscale, pool),
-               "Real-ESRGAN x4plus (the teacher)": pool_scores(lambda lr, scale: teacher(lr), pool),
+               "Real-ESRGAN x4plus (the teacher)": pool_scores(functools.partial(realesrgan_upscale, teacher), pool),
                **{name: pool_scores(method, pool) for name, method in methods.items()}}
     lines = ["# Distilling the realism adapter from Real-ESRGAN x4plus (LoRA on the default model, x4)", "",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
